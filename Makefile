@@ -1,0 +1,44 @@
+# Two commands on a fresh Debian machine with Python 3.11: `make run`, `make test`.
+# Everything they need (apt packages, the virtualenv, the project) is set up here.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup qemu-img test lint run demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+# Tests build real disk images with qemu-img (Debian package qemu-utils).
+qemu-img:
+	@command -v qemu-img >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq qemu-utils >/dev/null; }
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup qemu-img lint
+	$(BIN)/pytest
+
+run: setup
+	$(BIN)/omi-manifest run
+
+demo: setup
+	$(BIN)/omi-manifest demo
+
+bench: setup qemu-img
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,110 @@
+"""The ``omi-manifest`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from .inspection import FileReader, Inspection, Reader, S3Reader, inspect_snapshot
+
+
+def _reader_for(location: str, endpoint_url: str | None) -> tuple[Reader, str]:
+    """A reader for a local path or an ``s3://bucket/key`` location, and the key it names."""
+    if location.startswith("s3://"):
+        bucket, _, key = location[5:].partition("/")
+        if not bucket or not key:
+            raise SystemExit(f"omi-manifest: {location} is not s3://BUCKET/KEY")
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=endpoint_url)
+        return S3Reader(client, bucket, key), key
+    try:
+        return FileReader(location), location
+    except OSError as error:
+        raise SystemExit(f"omi-manifest: cannot read {location}: {error.strerror}") from None
+
+
+def _human_size(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_inspection(location: str, found: Inspection) -> str:
+    """The human-readable report of ``inspect``."""
+    virtual = (
+        f"{found.virtual_size} bytes ({_human_size(found.virtual_size)})"
+        if found.virtual_size is not None
+        else "unknown"
+    )
+    lines = [
+        f"file:            {location}",
+        f"format:          {found.format}",
+        f"virtual size:    {virtual}",
+        f"compressed size: {found.compressed_size} bytes ({_human_size(found.compressed_size)})",
+        f"bytes read:      {found.bytes_read} in {found.requests} reads",
+        f"importable:      {'yes' if found.importable else 'no'}",
+    ]
+    lines += [f"  problem: {problem}" for problem in found.problems]
+    return "\n".join(lines)
+
+
+def _progress_bar(total: int) -> object:
+    """A one-line progress bar on stderr for long raw.gz streams."""
+    width = 30
+
+    def show(done: int) -> None:
+        share = done / max(total, 1)
+        filled = int(width * share)
+        bar = "#" * filled + "." * (width - filled)
+        sys.stderr.write(f"\rsizing raw.gz [{bar}] {share:4.0%}")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    reader, key = _reader_for(args.location, args.endpoint_url)
+    show_progress = not args.json and sys.stderr.isatty()
+    progress = _progress_bar(reader.size) if show_progress else None
+    found = inspect_snapshot(reader, key, size_hint=args.size, progress=progress)
+    if args.json:
+        print(json.dumps(found.to_dict(), indent=2))
+    else:
+        print(format_inspection(args.location, found))
+    return 0 if found.importable else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="omi-manifest",
+        description="Turn disk snapshots in a bucket into a signed OUTSCALE OMI import manifest.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    inspect = commands.add_parser(
+        "inspect", help="what the pipeline would record for one file (local path or s3://B/K)"
+    )
+    inspect.add_argument("location", help="a local file or s3://BUCKET/KEY")
+    inspect.add_argument("--json", action="store_true", help="print one JSON object")
+    inspect.add_argument(
+        "--size", type=int, help="virtual size hint for raw.gz, as the omi:size tag gives"
+    )
+    inspect.add_argument("--endpoint-url", help="S3-compatible endpoint for s3:// locations")
+    inspect.set_defaults(handler=cmd_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

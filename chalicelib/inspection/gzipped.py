@@ -1,0 +1,163 @@
+"""gzip streams: decompress a prefix cheaply, or size the whole stream.
+
+ISA-L (``isal``) inflates several times faster than zlib and checks each
+member's CRC32 and length itself. Output is taken in bounded slices, so
+memory stays flat however large the disk inside is.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from isal import isal_zlib
+
+from .readers import Reader
+
+GZIP_WBITS = 31
+GZIP_MAGIC = b"\x1f\x8b"
+TRAILER_BYTES = 8
+MAX_DEFLATE_RATIO = 1032  # DEFLATE cannot expand one byte into more than this
+OUTPUT_SLICE = 4 << 20  # bytes of output taken per inflate call: the memory bound
+PREFIX_INPUT_STEP = 16 * 1024
+PREFIX_INPUT_BUDGET = 48 * 1024
+TAIL_BYTES = 512
+
+Progress = Callable[[int], None]
+
+
+def _corruption_message(error: Exception, at: int) -> str:
+    if "checksum" in str(error).lower() or "length" in str(error).lower():
+        return "gzip checksum does not match its content - the file is corrupt - upload it again"
+    return (
+        f"gzip stream is corrupt near compressed byte {at} - "
+        "the file is damaged - compress and upload it again"
+    )
+
+
+TRUNCATED = "gzip stream is truncated: it ends before its end marker - upload the whole file again"
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """The first decompressed bytes, and whether they are the whole stream."""
+
+    data: bytes
+    complete: bool
+    problem: str | None
+
+
+def read_prefix(reader: Reader, first: bytes, want: int) -> Prefix:
+    """Decompress until ``want`` bytes come out, reading little compressed input.
+
+    ``first`` holds the bytes already read from the start of the file.
+    ``complete`` is true when the first member ended and nothing follows it,
+    in which case ``data`` is all of the content and its checksum was verified.
+    """
+    inflater = isal_zlib.decompressobj(wbits=GZIP_WBITS)
+    out = bytearray()
+    offset = 0
+    while len(out) < want and offset < min(reader.size, PREFIX_INPUT_BUDGET):
+        chunk = first if offset == 0 else reader.read_at(offset, PREFIX_INPUT_STEP)
+        offset += len(chunk)
+        try:
+            out += inflater.decompress(chunk, want - len(out))
+        except (isal_zlib.error, ValueError) as error:
+            return Prefix(bytes(out), False, _corruption_message(error, offset))
+        if inflater.eof:
+            whole = not inflater.unused_data and offset == reader.size
+            return Prefix(bytes(out), whole, None)
+    if len(out) < want and offset >= reader.size:
+        return Prefix(bytes(out), False, TRUNCATED)
+    return Prefix(bytes(out), False, None)
+
+
+def read_trailer_size(reader: Reader) -> int | None:
+    """ISIZE from the last member's trailer: the content length modulo 2**32."""
+    if reader.size < 18 + TRAILER_BYTES:
+        return None
+    trailer = reader.read_at(reader.size - TRAILER_BYTES, TRAILER_BYTES)
+    return struct.unpack("<II", trailer)[1]
+
+
+def length_possible(isize: int, compressed_size: int, at_least: int) -> bool:
+    """Can a stream of ``compressed_size`` bytes hold content of ``at_least`` bytes or more
+    whose length is ``isize`` modulo 2**32?"""
+    most = compressed_size * MAX_DEFLATE_RATIO
+    low = max(at_least, 0)
+    candidate = low + ((isize - low) % (1 << 32))
+    return candidate <= most
+
+
+@dataclass(frozen=True)
+class StreamSize:
+    """The result of inflating a whole gzip file."""
+
+    size: int
+    tail: bytes
+    members: int
+    problem: str | None
+
+
+def stream_size(chunks: Iterable[bytes], progress: Progress | None = None) -> StreamSize:
+    """Inflate every member of a gzip file to count its content, in bounded memory.
+
+    Members concatenated as ``cat a.gz b.gz`` makes are summed; bytes after
+    the last member that do not start another one are refused.
+    """
+    size = members = consumed = 0
+    tail = b""
+    inflater = None
+    pending = b""
+    for chunk in chunks:
+        consumed += len(chunk)
+        if progress:
+            progress(consumed)
+        pending = pending + chunk if pending else chunk
+        while pending:
+            if inflater is None:
+                if len(pending) < len(GZIP_MAGIC):
+                    break
+                if pending[:2] != GZIP_MAGIC:
+                    return StreamSize(size, tail, members, _trailing_message(len(pending)))
+                inflater = isal_zlib.decompressobj(wbits=GZIP_WBITS)
+                members += 1
+            try:
+                for out in _inflate(inflater, pending):
+                    size += len(out)
+                    tail = _last_bytes(tail, out)
+            except (isal_zlib.error, ValueError) as error:
+                return StreamSize(size, tail, members, _corruption_message(error, consumed))
+            if inflater.eof:
+                pending, inflater = inflater.unused_data, None
+            else:
+                pending = b""
+    if inflater is not None or members == 0:
+        return StreamSize(size, tail, members, TRUNCATED)
+    if pending:
+        return StreamSize(size, tail, members, _trailing_message(len(pending)))
+    return StreamSize(size, tail, members, None)
+
+
+def _inflate(inflater: object, data: bytes) -> Iterator[bytes]:
+    """Feed ``data`` and yield output slices until inflate wants more input or ends."""
+    while True:
+        out = inflater.decompress(data, OUTPUT_SLICE)  # type: ignore[attr-defined]
+        yield out
+        if inflater.eof:  # type: ignore[attr-defined]
+            return
+        data = inflater.unconsumed_tail  # type: ignore[attr-defined]
+        if not data and len(out) < OUTPUT_SLICE:
+            return
+
+
+def _last_bytes(tail: bytes, out: bytes) -> bytes:
+    return out[-TAIL_BYTES:] if len(out) >= TAIL_BYTES else (tail + out)[-TAIL_BYTES:]
+
+
+def _trailing_message(count: int) -> str:
+    return (
+        f"gzip file has {count} bytes of trailing data after its last member - "
+        "compress the disk again without appending anything"
+    )
