@@ -131,7 +131,7 @@ def _inspect_gzip(
     problems: list[str] = []
     if declared in ("qcow2", "raw"):
         problems.append(_misnamed(declared, "gzip-compressed", f"{declared}.gz"))
-    prefix = gzipped.read_prefix(reader, head, QCOW2_PREFIX)
+    prefix = gzipped.read_prefix(reader, head, _prefix_wanted)
     if prefix.problem:
         return _result(reader, "gzip", None, [*problems, prefix.problem])
     inner_head = prefix.data[: signatures.HEAD_BYTES]
@@ -215,6 +215,13 @@ def _raw_size_problems(size: int) -> list[str]:
             "pad it to whole 512-byte sectors with qemu-img resize -f raw"
         ]
     return []
+
+
+def _prefix_wanted(content: bytes) -> int:
+    """A qcow2 needs its header area; anything else only its signature bytes."""
+    if not content or content.startswith(signatures.QCOW_MAGIC):
+        return QCOW2_PREFIX
+    return signatures.HEAD_BYTES
 
 
 def _prefix_reader(prefix: gzipped.Prefix) -> ReadAt:

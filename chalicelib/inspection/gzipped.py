@@ -48,8 +48,8 @@ class Prefix:
     problem: str | None
 
 
-def read_prefix(reader: Reader, first: bytes, want: int) -> Prefix:
-    """Decompress until ``want`` bytes come out, reading little compressed input.
+def read_prefix(reader: Reader, first: bytes, want: Callable[[bytes], int]) -> Prefix:
+    """Decompress until ``want(output so far)`` bytes come out, reading little input.
 
     ``first`` holds the bytes already read from the start of the file.
     ``complete`` is true when the first member ended and nothing follows it,
@@ -58,17 +58,17 @@ def read_prefix(reader: Reader, first: bytes, want: int) -> Prefix:
     inflater = isal_zlib.decompressobj(wbits=GZIP_WBITS)
     out = bytearray()
     offset = 0
-    while len(out) < want and offset < min(reader.size, PREFIX_INPUT_BUDGET):
+    while len(out) < want(out) and offset < min(reader.size, PREFIX_INPUT_BUDGET):
         chunk = first if offset == 0 else reader.read_at(offset, PREFIX_INPUT_STEP)
         offset += len(chunk)
         try:
-            out += inflater.decompress(chunk, want - len(out))
+            out += inflater.decompress(chunk, want(out) - len(out))
         except (isal_zlib.error, ValueError) as error:
             return Prefix(bytes(out), False, _corruption_message(error, offset))
         if inflater.eof:
             whole = not inflater.unused_data and offset == reader.size
             return Prefix(bytes(out), whole, None)
-    if len(out) < want and offset >= reader.size:
+    if len(out) < want(out) and offset >= reader.size:
         return Prefix(bytes(out), False, TRUNCATED)
     return Prefix(bytes(out), False, None)
 
