@@ -144,17 +144,16 @@ def _inspect_gzip(
             found, inner_head, _prefix_reader(prefix), None, declared
         )
         return _result(reader, fmt, None, problems + more, details)
+    tail: bytes | None
     if prefix.complete:
         size, tail = len(prefix.data), prefix.data[-SECTOR:]
         details: dict[str, object] = {"sized_by": "stream"}
     elif size_hint is not None:
-        return _result(
-            reader,
-            fmt,
-            size_hint,
-            problems + _hint_problems(reader, size_hint),
-            {"sized_by": "omi:size"},
-        )
+        wrong_hint = _hint_problems(reader, size_hint)
+        if wrong_hint:
+            return _result(reader, fmt, None, problems + wrong_hint)
+        size, tail = size_hint, None  # no tail without inflating: no VHD-footer check
+        details = {"sized_by": "omi:size"}
     else:
         streamed = gzipped.stream_size(reader.stream(), progress)
         if streamed.problem:

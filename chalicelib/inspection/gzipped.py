@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from isal import isal_zlib
 
@@ -140,14 +141,14 @@ def stream_size(chunks: Iterable[bytes], progress: Progress | None = None) -> St
     return StreamSize(size, tail, members, None)
 
 
-def _inflate(inflater: object, data: bytes) -> Iterator[bytes]:
+def _inflate(inflater: Any, data: bytes) -> Iterator[bytes]:
     """Feed ``data`` and yield output slices until inflate wants more input or ends."""
     while True:
-        out = inflater.decompress(data, OUTPUT_SLICE)  # type: ignore[attr-defined]
+        out = inflater.decompress(data, OUTPUT_SLICE)
         yield out
-        if inflater.eof:  # type: ignore[attr-defined]
+        if inflater.eof:
             return
-        data = inflater.unconsumed_tail  # type: ignore[attr-defined]
+        data = inflater.unconsumed_tail
         if not data and len(out) < OUTPUT_SLICE:
             return
 

@@ -210,12 +210,16 @@ def test_qcow2_gz_holding_vmdk(tmp_path):
     assert problems_of(path).startswith("file named .qcow2.gz is a VMDK image")
 
 
-@pytest.mark.parametrize("inner", ["raw", "qcow2"])
-def test_corrupt_gzip(tmp_path, inner):
+def gzipped_image(tmp_path, inner):
     source = images.raw_with_data(tmp_path / "d.raw", 4 * MIB)
     if inner == "qcow2":
         source = images.convert(source, tmp_path / "d.qcow2", "qcow2")
-    path = images.gzip_file(source, tmp_path / f"sda1.{inner}.gz")
+    return images.gzip_file(source, tmp_path / f"sda1.{inner}.gz")
+
+
+@pytest.mark.parametrize("inner", ["raw", "qcow2"])
+def test_corrupt_gzip(tmp_path, inner):
+    path = gzipped_image(tmp_path, inner)
     data = bytearray(path.read_bytes())
     data[20:4000] = os.urandom(3980)  # damage the deflate data near the start
     path.write_bytes(bytes(data))
@@ -234,10 +238,7 @@ def test_gzip_checksum_mismatch(tmp_path):
 
 @pytest.mark.parametrize("inner", ["raw", "qcow2"])
 def test_truncated_gzip(tmp_path, inner):
-    source = images.raw_with_data(tmp_path / "d.raw", 4 * MIB)
-    if inner == "qcow2":
-        source = images.convert(source, tmp_path / "d.qcow2", "qcow2")
-    path = images.gzip_file(source, tmp_path / f"sda1.{inner}.gz")
+    path = gzipped_image(tmp_path, inner)
     os.truncate(path, path.stat().st_size // 2)
     assert problems_of(path).startswith("gzip stream is truncated")
 
@@ -282,3 +283,11 @@ def test_multi_member_gzip_is_summed(tmp_path):
 def test_wrong_size_hint(tmp_path, hint, message):
     path = images.gzip_file(images.create(tmp_path / "sda1.raw", "raw", 64 * MIB))
     assert problems_of(path, size_hint=hint).startswith(message)
+
+
+def test_size_hint_does_not_hide_a_misnamed_qcow2_gz(tmp_path):
+    raw = images.create(tmp_path / "r", "raw", 64 * MIB)
+    path = images.gzip_file(raw, tmp_path / "sda1.qcow2.gz")
+    assert problems_of(path, size_hint=64 * MIB).startswith(
+        "file named .qcow2.gz is not a qcow2 image: it has no qcow2 header"
+    )
