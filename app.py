@@ -1,5 +1,22 @@
 """Chalice wiring: bucket events and the schedule call into ``chalicelib``. Nothing else."""
 
-from chalice import Chalice
+import os
+
+from chalice import Chalice, ConvertToMiddleware
+
+from chalicelib import runtime
+from chalicelib.notifications import object_changes
+from chalicelib.observability import logger, metrics
 
 app = Chalice(app_name="omi-manifest")
+app.register_middleware(ConvertToMiddleware(logger.inject_lambda_context))
+app.register_middleware(ConvertToMiddleware(metrics.log_metrics))
+
+BUCKET = os.environ.get("OMI_BUCKET", "omi-snapshots")
+OBJECT_EVENTS = ["s3:ObjectCreated:*", "s3:ObjectRemoved:*", "s3:ObjectTagging:*"]
+
+
+@app.on_s3_event(bucket=BUCKET, events=OBJECT_EVENTS)
+def on_object_event(event):
+    """Object created, removed or retagged: bring its OMI up to date."""
+    runtime.pipeline().handle(object_changes(event.to_dict()))

@@ -1,7 +1,29 @@
 import os
 
+import pytest
+
+from tests import images
+
 # Never reach a real AWS account from tests.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-2")
 os.environ.pop("AWS_PROFILE", None)
+
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="session")
+def samples(tmp_path_factory):
+    """Small real images shared by pipeline tests, made once by qemu-img."""
+    folder = tmp_path_factory.mktemp("samples")
+    raw = images.raw_with_data(folder / "data.raw", 4 * MIB)
+    qcow2_from_raw = images.convert(raw, folder / "data.qcow2", "qcow2")
+    return {
+        "qcow2": images.create(folder / "empty.qcow2", "qcow2", 1 << 30),
+        "qcow2-2g": images.create(folder / "big.qcow2", "qcow2", 2 << 30),
+        "raw": raw,
+        "raw.gz": images.gzip_file(raw),
+        "qcow2.gz": images.gzip_file(qcow2_from_raw),
+        "vmdk": images.create(folder / "disk.vmdk", "vmdk", 16 * MIB),
+    }

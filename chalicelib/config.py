@@ -1,0 +1,69 @@
+"""Settings, read from the environment in one place.
+
+``.chalice/config.json`` sets them per stage.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .convention import Defaults
+
+MAX_URL_LIFETIME = 604800  # SigV4's limit: 7 days
+
+
+@dataclass(frozen=True)
+class Settings:
+    bucket: str
+    region: str = "eu-west-2"
+    endpoint_url: str | None = None  # where the functions reach the bucket (None: AWS)
+    public_endpoint_url: str | None = None  # what signed URLs name (None: AWS S3)
+    addressing_style: str = "auto"  # path, virtual, or auto
+    manifest_prefix: str = "manifests/"
+    state_prefix: str = ".omi-state/"
+    signing_secret: str | None = None  # Secrets Manager name holding long-term signing keys
+    url_lifetime: int = MAX_URL_LIFETIME
+    renew_before: int = 48 * 3600
+    temporary_credentials_lifetime: int = 3600
+    defaults: Defaults = field(default_factory=Defaults)
+
+    @property
+    def reserved_prefixes(self) -> tuple[str, ...]:
+        return (self.manifest_prefix, self.state_prefix)
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = env.get(name)
+    return int(value) if value else default
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``OMI_*`` environment variables; unset ones keep their defaults."""
+    env = os.environ if env is None else env
+    lifetime = _int(env, "OMI_URL_LIFETIME", MAX_URL_LIFETIME)
+    if not 1 <= lifetime <= MAX_URL_LIFETIME:
+        raise ValueError(f"OMI_URL_LIFETIME must be 1 to {MAX_URL_LIFETIME} seconds")
+    defaults = Defaults(
+        volume_type=env.get("OMI_DEFAULT_VOLUME_TYPE", "standard"),
+        delete_on_termination=env.get("OMI_DEFAULT_DELETE_ON_TERMINATION", "true") == "true",
+        architecture=env.get("OMI_DEFAULT_ARCHITECTURE", "x86_64"),
+        product_types=tuple(env.get("OMI_DEFAULT_PRODUCT_TYPE", "0001").split()),
+        description=env.get("OMI_DEFAULT_DESCRIPTION", ""),
+        account=env.get("OMI_DEFAULT_ACCOUNT") or None,
+    )
+    return Settings(
+        bucket=env.get("OMI_BUCKET", "omi-snapshots"),
+        region=env.get("OMI_REGION") or env.get("AWS_REGION") or "eu-west-2",
+        endpoint_url=env.get("OMI_ENDPOINT_URL") or None,
+        public_endpoint_url=env.get("OMI_PUBLIC_ENDPOINT_URL") or None,
+        addressing_style=env.get("OMI_ADDRESSING_STYLE", "auto"),
+        manifest_prefix=env.get("OMI_MANIFEST_PREFIX", "manifests/"),
+        state_prefix=env.get("OMI_STATE_PREFIX", ".omi-state/"),
+        signing_secret=env.get("OMI_SIGNING_SECRET") or None,
+        url_lifetime=lifetime,
+        renew_before=_int(env, "OMI_RENEW_BEFORE", 48 * 3600),
+        temporary_credentials_lifetime=_int(env, "OMI_TEMPORARY_CREDENTIALS_LIFETIME", 3600),
+        defaults=defaults,
+    )

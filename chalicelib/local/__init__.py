@@ -1,0 +1,1 @@
+"""Running the pipeline on this machine: embedded S3 server and event delivery."""

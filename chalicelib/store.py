@@ -1,0 +1,235 @@
+"""Everything that talks to the bucket: snapshot objects, their tags, state records, manifests.
+
+State lives in the bucket under a reserved prefix, laid out so that one list
+request tells an OMI's story:
+
+    <state>objects/<h>.json              which group snapshot <h> is in (h: hash of its key)
+    <state>groups/<name>/<h>@<n>@<ok|bad> one record per member: the key itself says how
+                                         many snapshots the member declares (n, 0: none)
+                                         and whether it has a problem
+    <state>published/<name>.json         what was last published for the OMI
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import quote, unquote
+
+from botocore.exceptions import ClientError
+
+from .config import Settings
+from .convention import MAX_TAGS, SnapshotSettings
+from .grouping import Member
+from .inspection import S3Reader
+
+MISSING = ("404", "NoSuchKey", "NotFound")
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    etag: str
+    size: int
+
+
+@dataclass(frozen=True)
+class IndexRecord:
+    """Where a snapshot was last filed, and what its content and tags were then."""
+
+    key: str
+    group: str
+    marker: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Marker:
+    """One member as a group listing shows it, without reading its record."""
+
+    state_key: str
+    declared: int
+    ok: bool
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+def _missing(error: ClientError) -> bool:
+    return error.response.get("Error", {}).get("Code") in MISSING
+
+
+def member_to_json(member: Member) -> bytes:
+    return json.dumps(asdict(member), sort_keys=True).encode()
+
+
+def member_from_json(body: bytes) -> Member:
+    data = json.loads(body)
+    settings = data.pop("settings")
+    settings["problems"] = tuple(settings["problems"])
+    data["problems"] = tuple(data["problems"])
+    return Member(settings=SnapshotSettings(**settings), **data)
+
+
+class Store:
+    """The bucket, as the pipeline needs it."""
+
+    def __init__(self, client: Any, settings: Settings) -> None:
+        self.client = client
+        self.bucket = settings.bucket
+        self.state = settings.state_prefix
+
+    # --- snapshot objects ------------------------------------------------------
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            found = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            if _missing(error):
+                return None
+            raise
+        return ObjectInfo(key, found["ETag"], found["ContentLength"])
+
+    def tags(self, key: str) -> dict[str, str] | None:
+        try:
+            found = self.client.get_object_tagging(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            if _missing(error):
+                return None
+            raise
+        return {tag["Key"]: tag["Value"] for tag in found["TagSet"]}
+
+    def put_tags(self, key: str, tags: dict[str, str]) -> None:
+        self.client.put_object_tagging(
+            Bucket=self.bucket,
+            Key=key,
+            Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]},
+        )
+
+    def set_tag(self, key: str, name: str, value: str, current: dict[str, str] | None) -> str:
+        """Merge one tag into an object's tags; ``current`` saves a read when known.
+
+        Returns ``written``, ``unchanged``, ``full`` (10 tags already, none of them
+        this one) or ``missing`` (the object is gone).
+        """
+        current = self.tags(key) if current is None else current
+        if current is None:
+            return "missing"
+        if current.get(name) == value:
+            return "unchanged"
+        if name not in current and len(current) >= MAX_TAGS:
+            return "full"
+        try:
+            self.put_tags(key, {**current, name: value})
+        except ClientError as error:
+            if _missing(error):
+                return "missing"
+            raise
+        return "written"
+
+    def reader(self, info: ObjectInfo) -> S3Reader:
+        return S3Reader(self.client, self.bucket, info.key, size=info.size, etag=info.etag)
+
+    # --- state -----------------------------------------------------------------
+
+    def _get_json(self, key: str) -> Any | None:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as error:
+            if _missing(error):
+                return None
+            raise
+        return json.loads(body)
+
+    def _put(self, key: str, body: bytes) -> None:
+        self.client.put_object(
+            Bucket=self.bucket, Key=key, Body=body, ContentType="application/json"
+        )
+
+    def _delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def index_key(self, key: str) -> str:
+        return f"{self.state}objects/{key_hash(key)}.json"
+
+    def group_prefix(self, name: str) -> str:
+        return f"{self.state}groups/{quote(name, safe='')}/"
+
+    def read_index(self, key: str) -> IndexRecord | None:
+        data = self._get_json(self.index_key(key))
+        return IndexRecord(**data) if data else None
+
+    def write_index(self, record: IndexRecord) -> None:
+        self._put(self.index_key(record.key), json.dumps(asdict(record)).encode())
+
+    def delete_index(self, key: str) -> None:
+        self._delete(self.index_key(key))
+
+    def marker_key(self, name: str, member: Member) -> str:
+        declared = member.settings.image.get("snapshots", "0")
+        flag = "bad" if member.problems else "ok"
+        return f"{self.group_prefix(name)}{key_hash(member.key)}@{declared}@{flag}"
+
+    def write_member(self, name: str, member: Member) -> str:
+        marker = self.marker_key(name, member)
+        self._put(marker, member_to_json(member))
+        return marker
+
+    def delete_marker(self, marker: str) -> None:
+        self._delete(marker)
+
+    def list_group(self, name: str) -> list[Marker]:
+        """The members of one OMI, from one list request per 1,000 members."""
+        markers = []
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.group_prefix(name)
+        )
+        for page in pages:
+            for item in page.get("Contents", []):
+                _, declared, flag = item["Key"].rsplit("/", 1)[1].split("@")
+                markers.append(Marker(item["Key"], int(declared), flag == "ok"))
+        return markers
+
+    def read_member(self, marker: str) -> Member | None:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=marker)["Body"].read()
+        except ClientError as error:
+            if _missing(error):
+                return None
+            raise
+        return member_from_json(body)
+
+    def published_key(self, name: str) -> str:
+        return f"{self.state}published/{quote(name, safe='')}.json"
+
+    def read_published(self, name: str) -> dict[str, Any] | None:
+        return self._get_json(self.published_key(name))
+
+    def write_published(self, name: str, record: dict[str, Any]) -> None:
+        self._put(self.published_key(name), json.dumps(record, sort_keys=True).encode())
+
+    def delete_published(self, name: str) -> None:
+        self._delete(self.published_key(name))
+
+    # --- manifests -------------------------------------------------------------
+
+    def put_manifest(self, key: str, body: bytes, tags: dict[str, str]) -> None:
+        """Body and URL tags in one request: readers never see one without the other."""
+        tagging = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in tags.items())
+        self.client.put_object(
+            Bucket=self.bucket,
+            Key=key,
+            Body=body,
+            ContentType="application/json",
+            Tagging=tagging,
+        )
+
+    def delete_manifest(self, key: str) -> None:
+        self._delete(key)
+
+
+def decode_name(quoted: str) -> str:
+    return unquote(quoted)
