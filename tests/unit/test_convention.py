@@ -1,0 +1,121 @@
+"""Keys and tags to snapshot settings: defaults, validation, status text. No S3."""
+
+import pytest
+
+from chalicelib import convention
+from chalicelib.convention import Defaults, read_settings
+
+RESERVED = ("manifests/", ".omi-state/")
+
+
+def settings(key, tags=None, defaults=Defaults()):
+    return read_settings(key, tags or {}, defaults, RESERVED)
+
+
+def test_defaults_from_key_alone():
+    found = settings("web-server/sda1.qcow2")
+    assert found.name == "web-server" and found.device == "/dev/sda1"
+    assert found.volume_type == "standard" and found.delete_on_termination is True
+    assert found.iops is None and found.image == {} and found.problems == ()
+
+
+def test_configured_defaults_apply():
+    found = settings(
+        "a/b/web/xvdb.raw", defaults=Defaults(volume_type="gp2", delete_on_termination=False)
+    )
+    assert found.name == "web" and found.device == "/dev/xvdb"
+    assert found.volume_type == "gp2" and found.delete_on_termination is False
+
+
+def test_every_tag_read():
+    found = settings(
+        "up/disk.raw.gz",
+        {
+            "omi:name": "db server",
+            "omi:device": "/dev/sdc",
+            "omi:snapshots": "3",
+            "omi:ordering": "2",
+            "omi:volume-type": "io1",
+            "omi:iops": "3000",
+            "omi:delete-on-termination": "false",
+            "omi:size": "10737418240",
+            "omi:architecture": "i386",
+            "omi:product-type": "0002 0005",
+            "omi:description": "A database",
+            "omi:account": "699659413885",
+        },
+    )
+    assert found.problems == ()
+    assert (found.name, found.device, found.ordering, found.iops) == (
+        "db server",
+        "/dev/sdc",
+        2,
+        3000,
+    )
+    assert found.size_hint == 10737418240 and found.delete_on_termination is False
+    assert found.image == {
+        "snapshots": "3",
+        "architecture": "i386",
+        "product-type": "0002 0005",
+        "description": "A database",
+        "account": "699659413885",
+    }
+
+
+@pytest.mark.parametrize(
+    ("tags", "message"),
+    [
+        (
+            {"omi:device": "sda1"},
+            "omi:device sda1 is not a device name such as /dev/sda1 or /dev/xvdb",
+        ),
+        ({"omi:snapshots": "two"}, "omi:snapshots two is not a whole number of at least 1"),
+        ({"omi:snapshots": "0"}, "omi:snapshots 0 is not a whole number of at least 1"),
+        ({"omi:iops": "100"}, "omi:iops is only for io1 volumes - this one is standard"),
+        (
+            {"omi:delete-on-termination": "yes"},
+            "omi:delete-on-termination yes is not one of true false",
+        ),
+        ({"omi:architecture": "arm64"}, "omi:architecture arm64 is not one of x86_64 i386"),
+        (
+            {"omi:product-type": "0003"},
+            "omi:product-type 0003 must be codes among 0001 0002 0004 0005",
+        ),
+        ({"omi:account": "me"}, "omi:account me is not a 12-digit account id"),
+        (
+            {"omi:devcie": "/dev/sdb"},
+            "unknown tag omi:devcie - known tags are omi: followed by name",
+        ),
+        ({"omi:name": "manifests/x"}, "OMI name manifests/x is invalid - it starts with a prefix"),
+        ({"omi:name": "/abs"}, "OMI name /abs is invalid - no leading or trailing /"),
+    ],
+)
+def test_bad_tags(tags, message):
+    assert settings("web/sda1.qcow2", tags).problems[0].startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("key", "tags", "candidate"),
+    [
+        ("web/sda1.QCOW2", {}, True),
+        ("web/sda1.raw.gz", {}, True),
+        ("web/disk.img", {}, False),
+        ("web/disk.img", {"omi:name": "web"}, True),
+        ("web/disk.img", {"omi:status": "x", "team": "a"}, False),
+        ("manifests/web.json", {"omi:url": "x"}, False),
+        (".omi-state/objects/a.json", {}, False),
+        ("manifests/sda1.qcow2", {}, False),
+    ],
+)
+def test_candidates(key, tags, candidate):
+    assert convention.is_candidate(key, tags, RESERVED) is candidate
+
+
+def test_status_text_is_tag_safe_and_bounded():
+    status = convention.status_error("bad, (very) bad & worse?" + "x" * 400)
+    assert status.startswith("error: bad_ _very_ bad _ worse_")
+    assert len(status) == 256
+    assert (
+        convention.status_waiting(1, 2, "web-server") == "waiting: 1 of 2 snapshots of web-server"
+    )
+    assert convention.status_published("manifests/w.json") == "published: manifests/w.json"
