@@ -64,6 +64,8 @@ class Pipeline:
         """Process every change; a failing one does not stop the others, then fails the batch
         so that the platform retries it (processing is idempotent)."""
         failures = 0
+        changes = list(changes)
+        count("ObjectEvents", len(changes))
         for change in changes:
             if change.bucket != self.settings.bucket:
                 logger.warning("event for another bucket ignored", extra={"bucket": change.bucket})
