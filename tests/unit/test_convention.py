@@ -8,8 +8,8 @@ from chalicelib.convention import Defaults, read_settings
 RESERVED = ("manifests/", ".omi-state/")
 
 
-def settings(key, tags=None, defaults=Defaults()):
-    return read_settings(key, tags or {}, defaults, RESERVED)
+def settings(key, tags=None, defaults=None):
+    return read_settings(key, tags or {}, defaults or Defaults(), RESERVED)
 
 
 def test_defaults_from_key_alone():
