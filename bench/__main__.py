@@ -1,10 +1,10 @@
-"""Run every benchmark: ``python -m bench [inspect]``."""
+"""Run every benchmark, or those named: ``python -m bench [inspect] [pipeline]``."""
 
 import sys
 
-from bench import inspect_bench
+from bench import inspect_bench, pipeline_bench
 
-BENCHES = {"inspect": inspect_bench.main}
+BENCHES = {"inspect": inspect_bench.main, "pipeline": pipeline_bench.main}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or BENCHES:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import boto3
 import pytest
 from moto import mock_aws
@@ -229,3 +231,34 @@ def test_names_that_url_encode_get_a_tag_safe_manifest_key(omi, samples):
     body = omi.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
     assert b'"Name": "Web Server (prod)"' in body
     sigv4.verify(signing.url_from_tags(omi.tags(key)), omi.keys.secret_key, NOW)
+
+
+def test_two_snapshots_completing_at_once_publish_one_manifest(omi, samples):
+    tags = {"omi:snapshots": "2"}
+    omi.put("race/sda.qcow2", samples["qcow2"], tags)
+    omi.put("race/sdb.qcow2", samples["qcow2-2g"], tags)
+    start = threading.Barrier(2)
+
+    def deliver(key):
+        start.wait()
+        omi.deliver(key)
+
+    threads = [
+        threading.Thread(target=deliver, args=(k,)) for k in ("race/sda.qcow2", "race/sdb.qcow2")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    listed = omi.s3.list_objects_v2(Bucket=BUCKET, Prefix="manifests/")
+    assert [item["Key"] for item in listed["Contents"]] == ["manifests/race.json"]
+    snaps = omi.manifest("race")["Image"]["Snapshots"]
+    assert [(s["Device"], s["Size"]) for s in snaps] == [
+        ("/dev/sda", 1 << 30),
+        ("/dev/sdb", 2 << 30),
+    ]
+    assert (
+        omi.status("race/sda.qcow2")
+        == omi.status("race/sdb.qcow2")
+        == ("published: manifests/race.json")
+    )
