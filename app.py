@@ -8,7 +8,8 @@ from chalicelib import runtime
 from chalicelib.notifications import object_changes
 from chalicelib.observability import logger, metrics
 
-app = Chalice(app_name="omi-manifest")
+# Chalice would set the "omi-manifest" logger, which Powertools uses, to ERROR.
+app = Chalice(app_name="omi-manifest", configure_logs=False)
 app.register_middleware(ConvertToMiddleware(logger.inject_lambda_context))
 app.register_middleware(ConvertToMiddleware(metrics.log_metrics))
 
