@@ -6,8 +6,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from .inspection import FileReader, Inspection, Reader, S3Reader, inspect_snapshot
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 
 def _reader_for(location: str, endpoint_url: str | None) -> tuple[Reader, str]:
@@ -82,6 +87,44 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0 if found.importable else 1
 
 
+def bucket_settings(args: argparse.Namespace) -> Settings:
+    """The configured settings, with ``--bucket`` and ``--endpoint-url`` applied."""
+    from . import config
+
+    settings = config.load()
+    if args.bucket:
+        settings = replace(settings, bucket=args.bucket)
+    if args.endpoint_url:
+        settings = replace(
+            settings,
+            endpoint_url=args.endpoint_url,
+            public_endpoint_url=settings.public_endpoint_url or args.endpoint_url,
+        )
+    return settings
+
+
+def cmd_resign(args: argparse.Namespace) -> int:
+    from . import runtime, scheduler
+
+    settings = bucket_settings(args)
+    renew_before = settings.renew_before if args.renew_before is None else args.renew_before
+    report = scheduler.Pass(
+        runtime.build_pipeline(settings), renew_before, check_tags=args.check_tags
+    ).run()
+    for outcome, number in sorted(report.outcomes.items()):
+        print(f"{outcome}: {number}")
+    if not report.outcomes:
+        print("nothing to do")
+    return 1 if report.outcomes["failed"] else 0
+
+
+def _bucket_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--endpoint-url", help="S3-compatible endpoint (default: AWS, or OMI_ENDPOINT_URL)"
+    )
+    command.add_argument("--bucket", help="the snapshot bucket (default: OMI_BUCKET)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="omi-manifest",
@@ -98,6 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("--endpoint-url", help="S3-compatible endpoint for s3:// locations")
     inspect.set_defaults(handler=cmd_inspect)
+
+    resign = commands.add_parser("resign", help="one re-sign and reconcile pass now")
+    _bucket_options(resign)
+    resign.add_argument(
+        "--renew-before",
+        type=int,
+        metavar="SECONDS",
+        help="re-sign manifests whose URLs expire within this many seconds (default 172800)",
+    )
+    resign.add_argument(
+        "--check-tags",
+        action="store_true",
+        help="also re-read every object's tags, to repair tagging events that were lost",
+    )
+    resign.set_defaults(handler=cmd_resign)
     return parser
 
 

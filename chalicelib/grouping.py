@@ -37,6 +37,7 @@ class Member:
 @dataclass(frozen=True)
 class SnapshotSpec:
     key: str
+    etag: str
     device: str
     ordering: int
     volume_type: str
@@ -175,6 +176,7 @@ def plan_group(name: str, members: list[Member], defaults: Defaults) -> GroupPla
             (
                 SnapshotSpec(
                     key=m.key,
+                    etag=m.etag,
                     device=devices[m.key],
                     ordering=orderings[m.key],
                     volume_type=m.settings.volume_type,

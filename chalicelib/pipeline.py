@@ -163,8 +163,7 @@ class Pipeline:
             markers = self.store.list_group(name)
             if self._settled(name, markers, trigger):
                 return
-            members = [m for mk in markers if (m := self.store.read_member(mk.state_key))]
-            plan = plan_group(name, members, self.settings.defaults)
+            plan = plan_group(name, self._members(markers), self.settings.defaults)
             if plan.image is None:
                 self._withdraw(name)
                 self._write_statuses(plan.statuses, trigger)
@@ -175,6 +174,9 @@ class Pipeline:
             }:
                 return
             logger.info("group changed while publishing; evaluating again", extra={"omi": name})
+
+    def _members(self, markers: list[Marker]) -> list[Member]:
+        return [m for mk in markers if (m := self.store.read_member(mk.state_key))]
 
     def _settled(
         self, name: str, markers: list[Marker], trigger: tuple[str, dict[str, str]] | None
@@ -213,8 +215,13 @@ class Pipeline:
             return signing.presign_get(keys, endpoint, bucket, key, now, lifetime)
 
         target = manifest_key(self.settings.manifest_prefix, image.name)
+        kept = {  # the user's own tags on the manifest, such as omi:renew, survive
+            k: v for k, v in (self.store.tags(target) or {}).items() if not signing.is_url_tag(k)
+        }
         try:
-            tags = signing.url_to_tags(sign(target), expires_at)
+            tags = kept | signing.url_to_tags(
+                sign(target), expires_at, signing.MAX_TAGS - len(kept)
+            )
         except signing.UrlDoesNotFit:
             logger.error(LONG_TERM_KEYS_NEEDED, extra={"omi": image.name})
             self._write_statuses(
@@ -223,15 +230,21 @@ class Pipeline:
             )
             return
         document = manifest.build(image, {s.key: sign(s.key) for s in image.snapshots})
+        previous = self.store.read_published(image.name)
+        expiry_marker = self.store.expiry_key(image.name, expires_at)
         self.store.put_manifest(target, manifest.render(document), tags)
+        self.store.write_expiry(expiry_marker)
         self.store.write_published(
             image.name,
             {
                 "manifest": target,
                 "expires": signing.format_expiry(expires_at),
-                "snapshots": {s.key: s.compressed_size for s in image.snapshots},
+                "expiry_marker": expiry_marker,
+                "snapshots": {s.key: s.etag for s in image.snapshots},
             },
         )
+        if previous and previous.get("expiry_marker") not in (None, expiry_marker):
+            self.store.delete_expiry(previous["expiry_marker"])
         count("ManifestsPublished")
         logger.info(
             "manifest published",
@@ -245,12 +258,34 @@ class Pipeline:
         status = convention.status_published(target)
         self._write_statuses({s.key: status for s in image.snapshots}, None)
 
+    def renew(self, name: str) -> str:
+        """Re-sign one published OMI after checking its snapshots are still as published.
+
+        Returns ``renewed``, ``refreshed`` (a snapshot changed or went away and was
+        processed as an event would have been) or ``gone`` (nothing is published).
+        """
+        published = self.store.read_published(name)
+        if published is None:
+            return "gone"
+        for key, etag in published["snapshots"].items():
+            info = self.store.head(key)
+            if info is None or info.etag != etag:
+                self.refresh(key)
+                return "refreshed"
+        plan = plan_group(name, self._members(self.store.list_group(name)), self.settings.defaults)
+        if plan.image is None:
+            self.evaluate(name)
+            return "refreshed"
+        self._publish(plan.image)
+        return "renewed"
+
     def _withdraw(self, name: str) -> None:
         """Take down a published manifest, if there is one."""
         published = self.store.read_published(name)
         if published is None:
             return
         self.store.delete_manifest(published["manifest"])
+        self.store.delete_expiry(published["expiry_marker"])
         self.store.delete_published(name)
         count("ManifestsWithdrawn")
         logger.info("manifest withdrawn", extra={"omi": name, "manifest": published["manifest"]})

@@ -150,6 +150,11 @@ def url_to_tags(url: str, expires_at: datetime, room: int = MAX_TAGS) -> dict[st
     return tags
 
 
+def is_url_tag(name: str) -> bool:
+    """A tag the URL is stored in (as opposed to one of the user's)."""
+    return name in (URL_TAG, EXPIRES_TAG) or name.startswith("X-Amz-")
+
+
 def url_from_tags(tags: Mapping[str, str]) -> str | None:
     """The URL rebuilt from a manifest's tags, or None when they do not hold one."""
     if URL_TAG not in tags or SIGNATURE not in tags:

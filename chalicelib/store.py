@@ -3,18 +3,26 @@
 State lives in the bucket under a reserved prefix, laid out so that one list
 request tells an OMI's story:
 
-    <state>objects/<h>.json              which group snapshot <h> is in (h: hash of its key)
-    <state>groups/<name>/<h>@<n>@<ok|bad> one record per member: the key itself says how
-                                         many snapshots the member declares (n, 0: none)
-                                         and whether it has a problem
-    <state>published/<name>.json         what was last published for the OMI
+    <state>objects/<h>.json                  which group snapshot <h> is in (h: hash of its key)
+    <state>groups/<name>/<h>@<etag>@<n>@<ok|bad>  one record per member; the key itself says
+                                             which content was inspected, how many snapshots
+                                             the member declares (n, 0: none) and whether it
+                                             has a problem
+    <state>published/<name>.json             what was last published for the OMI
+    <state>expiry/<minute>/<name>            one per published OMI, sorted by when its URLs
+                                             expire: finding the due ones is a short listing
+
+Reconciling compares a listing of the bucket with a listing of ``groups/``:
+list requests only, one per 1,000 objects.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -50,8 +58,21 @@ class Marker:
     """One member as a group listing shows it, without reading its record."""
 
     state_key: str
+    key_hash: str
+    etag: str
     declared: int
     ok: bool
+
+    @classmethod
+    def parse(cls, state_key: str) -> Marker:
+        key_hash, etag, declared, flag = state_key.rsplit("/", 1)[1].split("@")
+        return cls(state_key, key_hash, etag, int(declared), flag == "ok")
+
+
+@dataclass(frozen=True)
+class Listed:
+    key: str
+    etag: str
 
 
 def key_hash(key: str) -> str:
@@ -171,7 +192,8 @@ class Store:
     def marker_key(self, name: str, member: Member) -> str:
         declared = member.settings.image.get("snapshots", "0")
         flag = "bad" if member.problems else "ok"
-        return f"{self.group_prefix(name)}{key_hash(member.key)}@{declared}@{flag}"
+        etag = member.etag.strip('"')
+        return f"{self.group_prefix(name)}{key_hash(member.key)}@{etag}@{declared}@{flag}"
 
     def write_member(self, name: str, member: Member) -> str:
         marker = self.marker_key(name, member)
@@ -181,17 +203,32 @@ class Store:
     def delete_marker(self, marker: str) -> None:
         self._delete(marker)
 
-    def list_group(self, name: str) -> list[Marker]:
-        """The members of one OMI, from one list request per 1,000 members."""
-        markers = []
+    def _list(self, prefix: str, start_after: str = "") -> Iterator[dict[str, Any]]:
         pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self.group_prefix(name)
+            Bucket=self.bucket, Prefix=prefix, StartAfter=start_after
         )
         for page in pages:
-            for item in page.get("Contents", []):
-                _, declared, flag = item["Key"].rsplit("/", 1)[1].split("@")
-                markers.append(Marker(item["Key"], int(declared), flag == "ok"))
-        return markers
+            yield from page.get("Contents", [])
+
+    def list_group(self, name: str) -> list[Marker]:
+        """The members of one OMI, from one list request per 1,000 members."""
+        return [Marker.parse(item["Key"]) for item in self._list(self.group_prefix(name))]
+
+    def list_all_markers(self) -> list[Marker]:
+        return [Marker.parse(item["Key"]) for item in self._list(f"{self.state}groups/")]
+
+    def list_objects(self, reserved: tuple[str, ...]) -> Iterator[Listed]:
+        """Every object outside the reserved prefixes, with its ETag, from listings."""
+        for item in self._list(""):
+            if not item["Key"].startswith(reserved):
+                yield Listed(item["Key"], item["ETag"].strip('"'))
+
+    def list_index_hashes(self) -> set[str]:
+        prefix = f"{self.state}objects/"
+        return {item["Key"][len(prefix) :].removesuffix(".json") for item in self._list(prefix)}
+
+    def delete_index_hash(self, hashed: str) -> None:
+        self._delete(f"{self.state}objects/{hashed}.json")
 
     def read_member(self, marker: str) -> Member | None:
         try:
@@ -214,6 +251,28 @@ class Store:
     def delete_published(self, name: str) -> None:
         self._delete(self.published_key(name))
 
+    def expiry_key(self, name: str, expires: datetime) -> str:
+        """Rounded down to the minute: two passes renewing at once write one marker."""
+        minute = expires.astimezone(UTC).strftime("%Y%m%dT%H%MZ")
+        return f"{self.state}expiry/{minute}/{quote(name, safe='')}"
+
+    def write_expiry(self, key: str) -> None:
+        self._put(key, b"")
+
+    def delete_expiry(self, key: str) -> None:
+        self._delete(key)
+
+    def due(self, before: datetime) -> Iterator[tuple[str, str]]:
+        """(expiry marker, OMI name) of every manifest expiring before ``before``, oldest
+        first; the listing stops at the first one that is not due."""
+        prefix = f"{self.state}expiry/"
+        cutoff = before.astimezone(UTC).strftime("%Y%m%dT%H%MZ")
+        for item in self._list(prefix):
+            minute, quoted = item["Key"][len(prefix) :].split("/", 1)
+            if minute > cutoff:
+                return
+            yield item["Key"], unquote(quoted)
+
     # --- manifests -------------------------------------------------------------
 
     def put_manifest(self, key: str, body: bytes, tags: dict[str, str]) -> None:
@@ -229,7 +288,3 @@ class Store:
 
     def delete_manifest(self, key: str) -> None:
         self._delete(key)
-
-
-def decode_name(quoted: str) -> str:
-    return unquote(quoted)

@@ -101,3 +101,24 @@ def test_logs_are_json_and_hold_no_secret(live, samples, captured_logs, capsys):
     assert "X-Amz-Signature" not in emitted
     for secret in [SECRET, *signatures]:
         assert secret not in emitted
+
+
+def test_scheduled_handler_and_resign_command_renew(live, samples, capsys):
+    from chalice.test import Client
+
+    from app import app
+    from chalicelib import cli
+
+    live.drop("renewed/sda1.qcow2", samples["qcow2"])
+    first = live.tags("manifests/renewed.json")
+    with Client(app) as client:
+        event = client.events.generate_cw_event("Scheduled Event", "aws.events", {}, [])
+        client.lambda_.invoke("renew_and_reconcile", event)
+    assert live.tags("manifests/renewed.json") == first  # not due within 48 h
+    capsys.readouterr()
+    code = cli.main(
+        ["resign", "--endpoint-url", live.url, "--bucket", live.bucket, "--renew-before", "700000"]
+    )
+    assert code == 0
+    assert "renewed: 1" in capsys.readouterr().out
+    check_published(live, "renewed", {"renewed/sda1.qcow2": samples["qcow2"]})

@@ -17,7 +17,15 @@ IMAGE = ImageSpec(
     account="699659413885",
     snapshots=(
         SnapshotSpec(
-            "web-server/sda1.qcow2.gz", "/dev/sda1", 1, "standard", None, True, 974, 10737418240
+            "web-server/sda1.qcow2.gz",
+            "etag",
+            "/dev/sda1",
+            1,
+            "standard",
+            None,
+            True,
+            974,
+            10737418240,
         ),
     ),
 )
