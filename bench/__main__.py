@@ -1,10 +1,14 @@
-"""Run every benchmark, or those named: ``python -m bench [inspect] [pipeline]``."""
+"""Run every benchmark, or those named: ``python -m bench [inspect] [pipeline] [resign]``."""
 
 import sys
 
-from bench import inspect_bench, pipeline_bench
+from bench import inspect_bench, pipeline_bench, resign_bench
 
-BENCHES = {"inspect": inspect_bench.main, "pipeline": pipeline_bench.main}
+BENCHES = {
+    "inspect": inspect_bench.main,
+    "pipeline": pipeline_bench.main,
+    "resign": resign_bench.main,
+}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or BENCHES:

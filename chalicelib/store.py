@@ -34,6 +34,7 @@ from .grouping import Member
 from .inspection import S3Reader
 
 MISSING = ("404", "NoSuchKey", "NotFound")
+LAST_CHARACTER = "\U0010ffff"  # sorts after any character a key can hold next
 
 
 @dataclass(frozen=True)
@@ -218,10 +219,22 @@ class Store:
         return [Marker.parse(item["Key"]) for item in self._list(f"{self.state}groups/")]
 
     def list_objects(self, reserved: tuple[str, ...]) -> Iterator[Listed]:
-        """Every object outside the reserved prefixes, with its ETag, from listings."""
-        for item in self._list(""):
-            if not item["Key"].startswith(reserved):
-                yield Listed(item["Key"], item["ETag"].strip('"'))
+        """Every object outside the reserved prefixes, with its ETag, from listings.
+
+        Keys come sorted, so on reaching a reserved prefix the listing starts again
+        just past it: the pipeline's own objects cost no list requests.
+        """
+        start_after = ""
+        while True:
+            for item in self._list("", start_after):
+                key = item["Key"]
+                prefix = next((p for p in reserved if key.startswith(p)), None)
+                if prefix is not None:
+                    start_after = prefix + LAST_CHARACTER
+                    break
+                yield Listed(key, item["ETag"].strip('"'))
+            else:
+                return
 
     def list_index_hashes(self) -> set[str]:
         prefix = f"{self.state}objects/"
