@@ -118,6 +118,92 @@ def cmd_resign(args: argparse.Namespace) -> int:
     return 1 if report.outcomes["failed"] else 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from . import runtime
+    from .overview import format_table, omi_statuses
+
+    settings = bucket_settings(args)
+    pipeline = runtime.build_pipeline(settings)
+    statuses = omi_statuses(pipeline.store, settings.defaults, args.name)
+    if not statuses:
+        print(f"no OMI {args.name}" if args.name else f"no snapshots in {settings.bucket} yet")
+        return 1 if args.name else 0
+    print(format_table(statuses))
+    return 1 if any(s.state == "error" for s in statuses) else 0
+
+
+def cmd_url(args: argparse.Namespace) -> int:
+    from . import runtime, signing
+    from .pipeline import manifest_key
+
+    settings = bucket_settings(args)
+    key = manifest_key(settings.manifest_prefix, args.name)
+    tags = runtime.build_pipeline(settings).store.tags(key)
+    url = signing.url_from_tags(tags or {})
+    if url is None:
+        print(f"omi-manifest: no published manifest for {args.name} ({key})", file=sys.stderr)
+        return 1
+    print(url)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from . import manifest
+
+    try:
+        with open(args.file, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as error:
+        print(f"omi-manifest: cannot read {args.file}: {error.strerror}", file=sys.stderr)
+        return 2
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        print(f"{args.file}:{error.lineno}:{error.colno}: not valid JSON: {error.msg}")
+        if "delimiter" in error.msg:
+            print(_json_hint(text, error))
+        return 1
+    problems = manifest.validate(document)
+    for problem in problems:
+        print(f"{args.file}: {problem}")
+    if not problems:
+        print(f"{args.file}: a valid OMI import manifest")
+    return 1 if problems else 0
+
+
+def _json_hint(text: str, error: json.JSONDecodeError) -> str:
+    """Show the line where JSON broke; a missing comma is by far the usual cause."""
+    lines = text.splitlines()
+    before = lines[error.lineno - 2].rstrip() if error.lineno >= 2 else ""
+    here = lines[error.lineno - 1] if error.lineno - 1 < len(lines) else ""
+    return (
+        f"  {error.lineno - 1}: {before}\n  {error.lineno}: {here}\n"
+        f"  {' ' * (len(str(error.lineno)) + 1 + error.colno)}^ a comma is probably missing "
+        "at the end of the line above"
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .local.runner import LocalRun, RunOptions
+
+    options = RunOptions(
+        endpoint_url=args.endpoint_url,
+        bucket=args.bucket,
+        port=args.port,
+        poll=args.poll,
+        once=args.once,
+        schedule=args.schedule,
+        check_tags=args.check_tags,
+    )
+    return LocalRun(options).run()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .local.demo import run_demo
+
+    return run_demo()
+
+
 def _bucket_options(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--endpoint-url", help="S3-compatible endpoint (default: AWS, or OMI_ENDPOINT_URL)"
@@ -156,6 +242,51 @@ def build_parser() -> argparse.ArgumentParser:
         help="also re-read every object's tags, to repair tagging events that were lost",
     )
     resign.set_defaults(handler=cmd_resign)
+
+    run = commands.add_parser(
+        "run", help="the pipeline on this machine (default: an embedded S3 server)"
+    )
+    _bucket_options(run)
+    run.add_argument("--port", type=int, default=5050, help="embedded server port (0: any)")
+    run.add_argument(
+        "--poll",
+        type=float,
+        metavar="SECONDS",
+        help="find changes by listing, for stores that send no events",
+    )
+    run.add_argument(
+        "--once", action="store_true", help="one full pass, then exit (1 if any OMI is in error)"
+    )
+    run.add_argument(
+        "--schedule",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="how often the re-sign and reconcile pass runs (default 3600)",
+    )
+    run.add_argument(
+        "--check-tags", action="store_true", help="passes also re-read every object's tags"
+    )
+    run.set_defaults(handler=cmd_run)
+
+    demo = commands.add_parser("demo", help="end to end in one go on the embedded server")
+    demo.set_defaults(handler=cmd_demo)
+
+    status = commands.add_parser("status", help="each OMI: snapshots, state, URL expiry")
+    _bucket_options(status)
+    status.add_argument("name", nargs="?", help="one OMI only")
+    status.set_defaults(handler=cmd_status)
+
+    url = commands.add_parser("url", help="print an OMI's manifest URL, rebuilt from its tags")
+    _bucket_options(url)
+    url.add_argument("name")
+    url.set_defaults(handler=cmd_url)
+
+    validate = commands.add_parser(
+        "validate", help="check a hand-written manifest (spec section 2)"
+    )
+    validate.add_argument("file")
+    validate.set_defaults(handler=cmd_validate)
     return parser
 
 

@@ -59,6 +59,7 @@ class Marker:
     """One member as a group listing shows it, without reading its record."""
 
     state_key: str
+    group: str
     key_hash: str
     etag: str
     declared: int
@@ -66,8 +67,10 @@ class Marker:
 
     @classmethod
     def parse(cls, state_key: str) -> Marker:
-        key_hash, etag, declared, flag = state_key.rsplit("/", 1)[1].split("@")
-        return cls(state_key, key_hash, etag, int(declared), flag == "ok")
+        parents, leaf = state_key.rsplit("/", 1)
+        key_hash, etag, declared, flag = leaf.split("@")
+        group = unquote(parents.rsplit("/", 1)[1])
+        return cls(state_key, group, key_hash, etag, int(declared), flag == "ok")
 
 
 @dataclass(frozen=True)

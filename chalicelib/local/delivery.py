@@ -62,13 +62,20 @@ class NotificationPump:
             wait_seconds = 0
 
 
+LOCAL_STAGE = "local"  # a stage with no settings: a local run takes its own
+
+
 def chalice_handler(project_dir: str) -> Handler:
     """Invoke the app's ``on_object_event`` function the way Lambda does."""
+    import sys
+
     from chalice.test import Client
 
+    if project_dir not in sys.path:
+        sys.path.insert(0, project_dir)
     from app import app
 
-    client = Client(app, project_dir=project_dir)
+    client = Client(app, stage_name=LOCAL_STAGE, project_dir=project_dir)
 
     def invoke(event: dict[str, Any]) -> None:
         client.lambda_.invoke("on_object_event", event)

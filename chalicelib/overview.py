@@ -1,0 +1,68 @@
+"""Each OMI's state as a user asks for it (``omi-manifest status``), read from the bucket."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from .convention import Defaults
+from .grouping import plan_group
+from .store import Store
+
+
+@dataclass(frozen=True)
+class OmiStatus:
+    name: str
+    present: int
+    expected: int
+    state: str  # published, waiting, error, or pending (complete, not yet published)
+    expires: str | None = None
+    manifest: str | None = None
+    error: str | None = None
+
+
+def omi_statuses(store: Store, defaults: Defaults, name: str | None = None) -> list[OmiStatus]:
+    """One line per OMI (or just ``name``), from the state records."""
+    groups: dict[str, list] = defaultdict(list)
+    markers = store.list_group(name) if name is not None else store.list_all_markers()
+    for marker in markers:
+        groups[marker.group].append(marker)
+    statuses = []
+    for group, found in sorted(groups.items()):
+        members = [m for mk in found if (m := store.read_member(mk.state_key))]
+        plan = plan_group(group, members, defaults)
+        errors = sorted(s for s in plan.statuses.values() if s.startswith("error: "))
+        published = store.read_published(group)
+        if errors:
+            state, error = "error", errors[0].removeprefix("error: ")
+        elif published:
+            state, error = "published", None
+        else:
+            state, error = ("pending" if plan.image else "waiting"), None
+        statuses.append(
+            OmiStatus(
+                name=group,
+                present=plan.present,
+                expected=plan.expected,
+                state=state,
+                expires=published["expires"] if published else None,
+                manifest=published["manifest"] if published else None,
+                error=error,
+            )
+        )
+    return statuses
+
+
+def format_table(statuses: list[OmiStatus]) -> str:
+    rows = [("OMI", "SNAPSHOTS", "STATE", "URL EXPIRES", "ERROR")]
+    rows += [
+        (s.name, f"{s.present}/{s.expected}", s.state, s.expires or "-", s.error or "")
+        for s in statuses
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True))
+        + "  "
+        + row[4]
+        for row in rows
+    ).rstrip()

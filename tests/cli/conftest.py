@@ -1,0 +1,90 @@
+"""The command line as a user runs it: separate processes against moto's HTTP server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+BIN = Path(sys.executable).parent
+PROJECT = Path(__file__).parents[2]
+REGION = "eu-west-2"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def command_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMI_")}
+    return env | CREDENTIALS | {"AWS_DEFAULT_REGION": REGION, "PYTHONUNBUFFERED": "1"} | extra
+
+
+@pytest.fixture(scope="session")
+def moto_process():
+    """moto's HTTP server as a process of its own."""
+    port = free_port()
+    process = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def answering() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    wait_for(answering, what="moto_server")
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def store(moto_process, request):
+    """A fresh bucket on the moto process."""
+    bucket = "cli-" + request.node.name.lower().replace("_", "-")[:40]
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto_process,
+        region_name=REGION,
+        **{"aws_access_key_id": "testing", "aws_secret_access_key": "testing"},
+    )
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3.bucket = bucket
+    s3.url = moto_process
+    return s3
+
+
+def omi(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "omi-manifest"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=command_env(),
+        **kwargs,
+    )

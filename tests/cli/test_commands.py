@@ -1,0 +1,211 @@
+"""run --once, run --poll, run (embedded), demo, status, url, validate, inspect's progress bar."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+
+from chalicelib.local.samples import gzipped, qcow2_image
+from tests.cli.conftest import BIN, PROJECT, command_env, omi, wait_for
+
+GIB = 1 << 30
+
+
+def tags_of(store, key):
+    try:
+        found = store.get_object_tagging(Bucket=store.bucket, Key=key)["TagSet"]
+    except store.exceptions.ClientError:
+        return {}
+    return {t["Key"]: t["Value"] for t in found}
+
+
+def bucket_args(store):
+    return ["--endpoint-url", store.url, "--bucket", store.bucket]
+
+
+def test_run_once_publishes_and_reports_errors(store):
+    store.put_object(Bucket=store.bucket, Key="web-server/sda1.qcow2", Body=qcow2_image(GIB))
+    done = omi("run", "--once", *bucket_args(store))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert tags_of(store, "web-server/sda1.qcow2")["omi:status"] == (
+        "published: manifests/web-server.json"
+    )
+    store.put_object(Bucket=store.bucket, Key="broken/sda1.raw", Body=qcow2_image(GIB))
+    done = omi("run", "--once", *bucket_args(store))
+    assert done.returncode == 1
+    assert "error: broken: file named .raw is a qcow2 image - rename it to .qcow2" in done.stdout
+
+
+def test_status_url_and_resign_commands(store):
+    store.put_object(Bucket=store.bucket, Key="api-server/sda1.qcow2", Body=qcow2_image(GIB))
+    assert omi("run", "--once", *bucket_args(store)).returncode == 0
+    status = omi("status", *bucket_args(store))
+    assert status.returncode == 0
+    header, row = status.stdout.splitlines()
+    assert header.split() == ["OMI", "SNAPSHOTS", "STATE", "URL", "EXPIRES", "ERROR"]
+    assert row.split()[:3] == ["api-server", "1/1", "published"]
+    url = omi("url", "api-server", *bucket_args(store)).stdout.strip()
+    assert url.startswith(f"{store.url}/{store.bucket}/manifests/api-server.json?X-Amz-Algorithm=")
+    assert omi("url", "nothing-here", *bucket_args(store)).returncode == 1
+    resigned = omi("resign", "--renew-before", "700000", *bucket_args(store))
+    assert "renewed: 1" in resigned.stdout
+
+
+def test_run_poll_finds_new_files_and_stops_cleanly(store):
+    process = subprocess.Popen(
+        [str(BIN / "omi-manifest"), "run", "--poll", "0.5", *bucket_args(store)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=command_env(),
+    )
+    try:
+        store.put_object(
+            Bucket=store.bucket, Key="polled/sda1.qcow2.gz", Body=gzipped(qcow2_image(GIB))
+        )
+        wait_for(
+            lambda: (
+                tags_of(store, "polled/sda1.qcow2.gz").get("omi:status", "").startswith("published")
+            ),
+            what="the polled file to be published",
+        )
+        store.delete_object(Bucket=store.bucket, Key="polled/sda1.qcow2.gz")
+        wait_for(lambda: not tags_of(store, "manifests/polled.json"), what="withdrawal")
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "stopping" in output
+
+
+def test_make_run_line_drops_a_file_that_becomes_a_manifest(tmp_path):
+    """The embedded default, driven only by the AWS CLI line it prints."""
+    disk = tmp_path / "disk.qcow2"
+    disk.write_bytes(qcow2_image(GIB))
+    process = subprocess.Popen(
+        [str(BIN / "omi-manifest"), "run", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=tmp_path,
+        env=command_env(),
+    )
+    try:
+        lines = []
+        while not any(" s3 cp " in line for line in lines):
+            lines.append(process.stdout.readline())
+            assert lines[-1], "run stopped before printing its AWS CLI line"
+        aws_line = next(line for line in lines if " s3 cp " in line).strip()
+        endpoint = re.search(r"--endpoint-url (\S+)", aws_line).group(1)
+        subprocess.run(aws_line, shell=True, cwd=tmp_path, check=True, capture_output=True)
+        status_args = ["status", "--endpoint-url", endpoint, "--bucket", "omi-snapshots"]
+        wait_for(
+            lambda: "published" in omi(*status_args).stdout, what="the dropped file's manifest"
+        )
+        url = omi("url", "web-server", "--endpoint-url", endpoint, "--bucket", "omi-snapshots")
+        assert url.stdout.startswith(f"{endpoint}/omi-snapshots/manifests/web-server.json?")
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
+    assert process.returncode == 0
+
+
+def test_demo_checks_out():
+    done = omi("demo")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "demo: every check passed" in done.stdout
+    assert re.search(r"broken\s+1/1\s+error\s+-\s+file named .raw is a qcow2 image", done.stdout)
+
+
+OUTSCALE_SAMPLE = """{
+  "Version": 1,
+  "Image": {
+    "Name": "web-server",
+    "ProductTypes": ["0001"],
+    "Snapshots": [
+      {
+        "Ordering": 1,
+        "VolumeType": "standard",
+        "Iops": null,
+        "PreSignedUrl": "https://oos.eu-west-2.outscale.com/b/sda1.raw?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=00"
+        "Filename": "sda1.raw",
+        "CompressedSize": 974,
+        "DeleteOnTermination": true,
+        "Device": "/dev/sda1",
+        "Size": 10737418240
+      }
+    ],
+    "Description": "",
+    "Type": "machine",
+    "Public": false,
+    "Architecture": "x86_64"
+  }
+}
+"""
+
+
+def test_validate_points_at_the_missing_comma(tmp_path):
+    path = tmp_path / "manifest.json"
+    path.write_text(OUTSCALE_SAMPLE)
+    done = omi("validate", str(path))
+    assert done.returncode == 1
+    assert f"{path}:12:9: not valid JSON: Expecting ',' delimiter" in done.stdout
+    assert done.stdout.splitlines()[-2:] == [
+        '  12:         "Filename": "sda1.raw",',
+        "              ^ a comma is probably missing at the end of the line above",
+    ]
+    fixed = OUTSCALE_SAMPLE.replace('Signature=00"\n', 'Signature=00",\n')
+    path.write_text(fixed)
+    assert omi("validate", str(path)).stdout.strip() == f"{path}: a valid OMI import manifest"
+    document = json.loads(fixed)
+    document["Image"]["Snapshots"][0]["VolumeType"] = "fast"
+    path.write_text(json.dumps(document))
+    done = omi("validate", str(path))
+    assert done.returncode == 1
+    assert "Image.Snapshots[0].VolumeType must be one of standard, gp2, io1" in done.stdout
+
+
+def test_inspect_progress_bar_only_on_a_terminal(tmp_path):
+    path = tmp_path / "big.raw.gz"
+    path.write_bytes(gzipped(b"\0" * (64 << 20)))
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [str(BIN / "omi-manifest"), "inspect", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        env=command_env(),
+    )
+    process.communicate(timeout=60)
+    os.close(follower)
+    shown = b""
+    while select.select([leader], [], [], 0.5)[0]:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert b"sizing raw.gz [##############################] 100%" in shown
+    piped = omi("inspect", str(path))
+    assert "sizing" not in piped.stderr and piped.returncode == 0
+    as_json = omi("inspect", "--json", str(path))
+    assert as_json.stderr == "" and json.loads(as_json.stdout)["virtual_size"] == 64 << 20
+
+
+def test_importing_the_app_is_cheap():
+    code = (
+        "import sys, app; heavy = ['moto', 'werkzeug', 'flask', 'chalicelib.cli', "
+        "'chalicelib.local', 'boto3']; print([m for m in heavy if m in sys.modules])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"
