@@ -10,11 +10,22 @@ import select
 import signal
 import subprocess
 import sys
+from urllib.parse import parse_qs, urlsplit
+from urllib.request import urlopen
 
 from chalicelib.local.samples import gzipped, qcow2_image
 from tests.cli.conftest import BIN, PROJECT, command_env, omi, wait_for
 
 GIB = 1 << 30
+AWS_CLI_URL_QUERY = (
+    "join(``, [TagSet[?Key==`omi:url`].Value|[0], "
+    "`?X-Amz-Algorithm=`, TagSet[?Key==`X-Amz-Algorithm`].Value|[0], "
+    "`&X-Amz-Credential=`, TagSet[?Key==`X-Amz-Credential`].Value|[0], "
+    "`&X-Amz-Date=`, TagSet[?Key==`X-Amz-Date`].Value|[0], "
+    "`&X-Amz-Expires=`, TagSet[?Key==`X-Amz-Expires`].Value|[0], "
+    "`&X-Amz-SignedHeaders=`, TagSet[?Key==`X-Amz-SignedHeaders`].Value|[0], "
+    "`&X-Amz-Signature=`, TagSet[?Key==`X-Amz-Signature`].Value|[0]])"
+)
 
 
 def tags_of(store, key):
@@ -110,6 +121,31 @@ def test_make_run_line_drops_a_file_that_becomes_a_manifest(tmp_path):
         )
         url = omi("url", "web-server", "--endpoint-url", endpoint, "--bucket", "omi-snapshots")
         assert url.stdout.startswith(f"{endpoint}/omi-snapshots/manifests/web-server.json?")
+        # The README's recipe: the URL rebuilt with the AWS CLI alone.
+        rebuilt = subprocess.run(
+            [
+                str(BIN / "aws"),
+                "--endpoint-url",
+                endpoint,
+                "s3api",
+                "get-object-tagging",
+                "--bucket",
+                "omi-snapshots",
+                "--key",
+                "manifests/web-server.json",
+                "--query",
+                AWS_CLI_URL_QUERY,
+                "--output",
+                "text",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=command_env(),
+        ).stdout.strip()
+        assert parse_qs(urlsplit(rebuilt).query) == parse_qs(urlsplit(url.stdout.strip()).query)
+        with urlopen(rebuilt, timeout=30) as response:
+            assert json.loads(response.read())["Image"]["Name"] == "web-server"
     finally:
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=30)
