@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .convention import Defaults
+from .inspection import Ceilings
 
 MAX_URL_LIFETIME = 604800  # SigV4's limit: 7 days
 
@@ -28,6 +29,7 @@ class Settings:
     renew_before: int = 48 * 3600
     temporary_credentials_lifetime: int = 3600
     defaults: Defaults = field(default_factory=Defaults)
+    ceilings: Ceilings = field(default_factory=Ceilings)
 
     @property
     def reserved_prefixes(self) -> tuple[str, ...]:
@@ -66,4 +68,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         renew_before=_int(env, "OMI_RENEW_BEFORE", 48 * 3600),
         temporary_credentials_lifetime=_int(env, "OMI_TEMPORARY_CREDENTIALS_LIFETIME", 3600),
         defaults=defaults,
+        ceilings=Ceilings(
+            max_bytes=_int(env, "OMI_MAX_DECOMPRESSED_BYTES", Ceilings.max_bytes),
+            max_seconds=float(env.get("OMI_MAX_SIZING_SECONDS") or Ceilings.max_seconds),
+        ),
     )

@@ -120,7 +120,12 @@ class Pipeline:
         settings = convention.read_settings(
             info.key, tags, self.settings.defaults, self.settings.reserved_prefixes
         )
-        found = inspect_snapshot(self.store.reader(info), info.key, size_hint=settings.size_hint)
+        found = inspect_snapshot(
+            self.store.reader(info),
+            info.key,
+            size_hint=settings.size_hint,
+            ceilings=self.settings.ceilings,
+        )
         count("SnapshotsInspected")
         logger.info(
             "snapshot inspected",

@@ -15,8 +15,11 @@ from .qcow2 import inspect_qcow2
 from .readers import FileReader, Reader, S3Reader
 from .result import Inspection, tag_safe
 
+Ceilings = gzipped.Ceilings
+
 __all__ = [
     "FORMATS",
+    "Ceilings",
     "FileReader",
     "Inspection",
     "Reader",
@@ -44,6 +47,7 @@ def inspect_snapshot(
     key: str,
     size_hint: int | None = None,
     progress: Callable[[int], None] | None = None,
+    ceilings: gzipped.Ceilings = gzipped.DEFAULT_CEILINGS,
 ) -> Inspection:
     """Inspect one snapshot file; never raises on bad content, returns problems."""
     declared = declared_format(key)
@@ -53,7 +57,7 @@ def inspect_snapshot(
         )
     head = reader.read_at(0, signatures.HEAD_BYTES)
     if head[:2] == signatures.GZIP_MAGIC:
-        return _inspect_gzip(reader, head, declared, size_hint, progress)
+        return _inspect_gzip(reader, head, declared, size_hint, progress, ceilings)
     found = signatures.detect(head, None)
     if found == [signatures.RAW]:
         found = signatures.detect(head, reader.read_at(reader.size - SECTOR, SECTOR))
@@ -127,6 +131,7 @@ def _inspect_gzip(
     declared: str | None,
     size_hint: int | None,
     progress: Callable[[int], None] | None,
+    ceilings: gzipped.Ceilings,
 ) -> Inspection:
     problems: list[str] = []
     if declared in ("qcow2", "raw"):
@@ -155,7 +160,7 @@ def _inspect_gzip(
         size, tail = size_hint, None  # no tail without inflating: no VHD-footer check
         details = {"sized_by": "omi:size"}
     else:
-        streamed = gzipped.stream_size(reader.stream(), progress)
+        streamed = gzipped.stream_size(reader.stream(), progress, ceilings)
         if streamed.problem:
             return _result(reader, fmt, None, [*problems, streamed.problem])
         size, tail = streamed.size, streamed.tail

@@ -8,6 +8,7 @@ memory stays flat however large the disk inside is.
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -101,12 +102,43 @@ class StreamSize:
     problem: str | None
 
 
-def stream_size(chunks: Iterable[bytes], progress: Progress | None = None) -> StreamSize:
+@dataclass(frozen=True)
+class Ceilings:
+    """How far sizing a raw.gz may go: a gzip bomb is a disk as far as the format goes,
+    so it is sized like one, but never past these."""
+
+    max_bytes: int = 16 << 40  # OUTSCALE volumes stop below 16 TiB
+    max_seconds: float = 780.0  # a 900 s Lambda keeps time to record the answer
+
+    def exceeded(self, size: int, started: float) -> str | None:
+        hint = "give the omi:size tag to skip sizing"
+        if size > self.max_bytes:
+            return (
+                f"raw.gz expands past the ceiling of {self.max_bytes} decompressed bytes - "
+                f"{hint} or raise OMI_MAX_DECOMPRESSED_BYTES"
+            )
+        if time.monotonic() - started > self.max_seconds:
+            return (
+                f"sizing raw.gz passed the ceiling of {self.max_seconds:g} seconds - "
+                f"{hint} or raise OMI_MAX_SIZING_SECONDS"
+            )
+        return None
+
+
+DEFAULT_CEILINGS = Ceilings()
+
+
+def stream_size(
+    chunks: Iterable[bytes],
+    progress: Progress | None = None,
+    ceilings: Ceilings = DEFAULT_CEILINGS,
+) -> StreamSize:
     """Inflate every member of a gzip file to count its content, in bounded memory.
 
     Members concatenated as ``cat a.gz b.gz`` makes are summed; bytes after
     the last member that do not start another one are refused.
     """
+    started = time.monotonic()
     size = members = consumed = 0
     tail = b""
     inflater = None
@@ -128,6 +160,8 @@ def stream_size(chunks: Iterable[bytes], progress: Progress | None = None) -> St
                 for out in _inflate(inflater, pending):
                     size += len(out)
                     tail = _last_bytes(tail, out)
+                    if stop := ceilings.exceeded(size, started):
+                        return StreamSize(size, tail, members, stop)
             except (isal_zlib.error, ValueError) as error:
                 return StreamSize(size, tail, members, _corruption_message(error, consumed))
             if inflater.eof:

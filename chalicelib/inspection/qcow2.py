@@ -185,6 +185,24 @@ def check_header_extensions(h: Qcow2Header, file_size: int | None) -> str | None
     return h.extension_problem
 
 
+def check_header_in_first_cluster(h: Qcow2Header, file_size: int | None) -> str | None:
+    if h.cluster_bits_valid and h.header_length > h.cluster_size:
+        return (
+            f"qcow2 header length {h.header_length} runs past the first cluster of "
+            f"{h.cluster_size} bytes - the header is damaged"
+        )
+    return None
+
+
+def check_backing_format_alone(h: Qcow2Header, file_size: int | None) -> str | None:
+    if EXT_BACKING_FORMAT in h.extensions and not h.backing_file_offset:
+        return (
+            "qcow2 names a backing file format but no backing file - the header is inconsistent "
+            "- rebuild it with qemu-img convert -O qcow2"
+        )
+    return None
+
+
 def check_encryption(h: Qcow2Header, file_size: int | None) -> str | None:
     if h.crypt_method or EXT_CRYPTO in h.extensions:
         method = CRYPT_METHODS.get(h.crypt_method, f"method {h.crypt_method}")
@@ -332,7 +350,9 @@ def check_tables_in_file(h: Qcow2Header, file_size: int | None) -> str | None:
 
 
 CHECKS: tuple[Check, ...] = (
+    check_header_in_first_cluster,
     check_header_extensions,
+    check_backing_format_alone,
     check_encryption,
     check_data_file,
     check_dirty,
