@@ -68,7 +68,7 @@ def test_backing_file_name_hidden_in_an_extension(tmp_path):
     found = inspect(path)
     assert found.problems == (
         "qcow2 has a backing file qcow2___h_ - flatten it with qemu-img convert -O qcow2",
-        "qcow2 header extensions have no end marker - the header is damaged",
+        "qcow2 header extension runs past the header area - the header is damaged",
     )
 
 
