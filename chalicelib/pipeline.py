@@ -22,7 +22,7 @@ from .grouping import ImageSpec, Member, plan_group
 from .inspection import inspect_snapshot
 from .notifications import ObjectChange
 from .observability import count, logger
-from .store import IndexRecord, Marker, ObjectInfo, Store
+from .store import IndexRecord, Marker, ObjectInfo, Store, key_hash, membership_digest
 
 LONG_TERM_KEYS_NEEDED = "signing needs long-term keys - configure the signing secret"
 SAFE_MANIFEST_NAME = re.compile(r"[A-Za-z0-9_./\-]+")
@@ -86,8 +86,12 @@ class Pipeline:
         if failures:
             raise RuntimeError(f"{failures} object changes failed; see the log")
 
-    def refresh(self, key: str) -> None:
-        """Bring one object's record in line with its current content and tags."""
+    def refresh(self, key: str, force: bool = False) -> None:
+        """Bring one object's record in line with its current content and tags.
+
+        The index record is written last: while it is missing or old, processing
+        did not finish, and the scheduled pass (or the platform's retry) does it again.
+        """
         info = self.store.head(key)
         tags = self.store.tags(key) if info else None
         if info is None or tags is None:
@@ -99,22 +103,20 @@ class Pipeline:
                 self.remove(key)
             return
         current = fingerprint(info.etag, tags)
-        if index and index.fingerprint == current:
+        if index and index.fingerprint == current and not force:
             logger.debug("unchanged", extra={"key": key})
             return
         member = self._member(info, tags)
         name = member.settings.name or ""
-        if index and index.group != name:
-            self._leave(index)
-        elif index and index.marker != self.store.marker_key(name, member):
-            self.store.delete_marker(index.marker)
         marker = self.store.write_member(name, member)
-        self.store.write_index(IndexRecord(key, name, marker, current))
         logger.info(
             "snapshot recorded",
             extra={"key": key, "omi": name, "problems": list(member.problems)},
         )
-        self.evaluate(name, trigger=(key, tags))
+        self.evaluate(name, trigger=(key, tags), own=marker)
+        if index and index.group != name:
+            self._leave(index)
+        self.store.write_index(IndexRecord(key, name, marker, current))
 
     def _member(self, info: ObjectInfo, tags: dict[str, str]) -> Member:
         settings = convention.read_settings(
@@ -155,17 +157,32 @@ class Pipeline:
         self.store.delete_index(key)
         logger.info("snapshot removed", extra={"key": key, "omi": index.group})
 
+    def forget(self, marker: Marker) -> None:
+        """Drop a member record whose object is gone, even if its index never got written."""
+        self.store.delete_marker(marker.state_key)
+        self.evaluate(marker.group)
+        self.store.delete_index_hash(marker.key_hash)
+
     def _leave(self, index: IndexRecord) -> None:
         self.store.delete_marker(index.marker)
         self.evaluate(index.group)
 
     # --- one OMI ---------------------------------------------------------------
 
-    def evaluate(self, name: str, trigger: tuple[str, dict[str, str]] | None = None) -> None:
+    def evaluate(
+        self,
+        name: str,
+        trigger: tuple[str, dict[str, str]] | None = None,
+        own: str | None = None,
+    ) -> None:
         """Decide an OMI from its group listing; read member records only when it may be
-        complete or in error, so a waiting OMI costs one list request per event."""
+        complete or in error, so a waiting OMI costs one list request per event.
+
+        ``own`` is the member record just written: older records of the same object
+        (another ETag, another flag) are deleted here.
+        """
         for _ in range(REEVALUATIONS):
-            markers = self.store.list_group(name)
+            markers = self._current(self.store.list_group(name), own)
             if self._settled(name, markers, trigger):
                 return
             plan = plan_group(name, self._members(markers), self.settings.defaults)
@@ -179,6 +196,15 @@ class Pipeline:
             }:
                 return
             logger.info("group changed while publishing; evaluating again", extra={"omi": name})
+
+    def _current(self, markers: list[Marker], own: str | None) -> list[Marker]:
+        if own is None:
+            return markers
+        own_hash = Marker.parse(own).key_hash
+        stale = [mk for mk in markers if mk.key_hash == own_hash and mk.state_key != own]
+        for marker in stale:
+            self.store.delete_marker(marker.state_key)
+        return [mk for mk in markers if mk not in stale]
 
     def _members(self, markers: list[Marker]) -> list[Member]:
         return [m for mk in markers if (m := self.store.read_member(mk.state_key))]
@@ -236,7 +262,8 @@ class Pipeline:
             return
         document = manifest.build(image, {s.key: sign(s.key) for s in image.snapshots})
         previous = self.store.read_published(image.name)
-        expiry_marker = self.store.expiry_key(image.name, expires_at)
+        members = [(key_hash(s.key), s.etag) for s in image.snapshots]
+        expiry_marker = self.store.expiry_key(image.name, expires_at, membership_digest(members))
         self.store.put_manifest(target, manifest.render(document), tags)
         self.store.write_expiry(expiry_marker)
         self.store.write_published(

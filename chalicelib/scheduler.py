@@ -8,16 +8,17 @@ listings (one request per 1,000 objects each) before touching any object.
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 
 from .inspection import declared_format
 from .observability import count, logger
 from .pipeline import Pipeline
-from .store import key_hash
+from .store import Marker, key_hash, membership_digest
 
 WORKERS = 8
 SAFETY_MARGIN = 30.0  # seconds left when the pass stops starting new work (at most)
@@ -72,9 +73,12 @@ class Pass:
         started = time.monotonic()
         self.margin = min(SAFETY_MARGIN, self.time_left() * MARGIN_SHARE)
         cutoff = self.pipeline.clock() + timedelta(seconds=self.renew_before)
-        self._run_all(self._renew_one, list(self.store.due(cutoff)))
+        due = list(self.store.due(cutoff))
+        self._run_all(
+            (partial(self._renew_one, marker, name), "renewed", name) for marker, name in due
+        )
         if not self.report.unfinished:
-            self._run_all(self._refresh_one, self._reconcile_work())
+            self._run_all(self._reconcile_work())
         for outcome, metric in OUTCOME_METRICS.items():
             if self.report.outcomes[outcome]:
                 count(metric, self.report.outcomes[outcome])
@@ -84,23 +88,24 @@ class Pass:
         )
         return self.report
 
-    def _run_all(self, work: Callable[..., str], items: Iterable[tuple]) -> None:
-        """Run ``work`` over ``items`` on a bounded pool; one failure does not stop the rest."""
+    def _run_all(self, steps: Iterable[tuple[Callable[[], object], str, str]]) -> None:
+        """Run (step, outcome, label) on a bounded pool; one failure does not stop the rest."""
 
-        def guarded(item: tuple) -> str:
+        def guarded(item: tuple[Callable[[], object], str, str]) -> str:
+            step, outcome, label = item
             if self.time_left() < self.margin:
                 self.report.unfinished = True
                 return "postponed"
             try:
-                return work(*item)
+                found = step()
             except Exception:
-                logger.exception("pass step failed", extra={"item": str(item[-1])})
+                logger.exception("pass step failed", extra={"item": label})
                 return "failed"
+            return found if isinstance(found, str) else outcome
 
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            for outcome in pool.map(guarded, items):
-                if outcome:
-                    self.report.outcomes[outcome] += 1
+            for outcome in pool.map(guarded, steps):
+                self.report.outcomes[outcome] += 1
 
     def _renew_one(self, expiry_marker: str, name: str) -> str:
         published = self.store.read_published(name)
@@ -111,30 +116,60 @@ class Pass:
             return "not renewed: omi:renew=false"
         return self.pipeline.renew(name)
 
-    def _refresh_one(self, key: str, outcome: str) -> str:
-        self.pipeline.refresh(key)
-        return outcome
-
-    def _reconcile_work(self) -> list[tuple[str, str]]:
-        """Snapshots whose state does not match the bucket, from listings alone."""
-        recorded = {marker.key_hash: marker for marker in self.store.list_all_markers()}
-        work: list[tuple[str, str]] = []
+    def _reconcile_work(self) -> list[tuple[Callable[[], object], str, str]]:
+        """Everything whose state does not match the bucket, found from listings alone."""
+        markers = self.store.list_all_markers()
+        by_hash: dict[str, list[Marker]] = defaultdict(list)
+        by_group: dict[str, list[Marker]] = defaultdict(list)
+        for marker in markers:
+            by_hash[marker.key_hash].append(marker)
+            by_group[marker.group].append(marker)
+        indexed = self.store.list_index_hashes()
+        work: list[tuple[Callable[[], object], str, str]] = []
         present: set[str] = set()
+        touched: set[str] = set()
         for listed in self.store.list_objects(self.pipeline.settings.reserved_prefixes):
             hashed = key_hash(listed.key)
             present.add(hashed)
-            marker = recorded.get(hashed)
-            unrecorded = marker is None and declared_format(listed.key) is not None
-            if unrecorded or (marker is not None and marker.etag != listed.etag):
-                work.append((listed.key, "reconciled"))
+            found = by_hash.get(hashed, [])
+            refresh = partial(self.pipeline.refresh, listed.key)
+            if not found and declared_format(listed.key) is not None:
+                work.append((refresh, "reconciled", listed.key))
+            elif found and (
+                len(found) > 1 or found[0].etag != listed.etag or hashed not in indexed
+            ):
+                # Changed without an event, or processing that did not finish.
+                work.append((partial(refresh, force=True), "reconciled", listed.key))
+                touched.update(marker.group for marker in found)
             elif self.check_tags:
-                work.append((listed.key, "checked"))
-        for hashed, marker in recorded.items():
+                work.append((refresh, "checked", listed.key))
+        for hashed, found in by_hash.items():
             if hashed not in present:
-                member = self.store.read_member(marker.state_key)
-                if member is not None:
-                    work.append((member.key, "reconciled"))
-        for hashed in self.store.list_index_hashes() - present - recorded.keys():
+                for marker in found:
+                    work.append((partial(self.pipeline.forget, marker), "reconciled", marker.group))
+                    touched.add(marker.group)
+        for hashed in indexed - present - by_hash.keys():
             self.store.delete_index_hash(hashed)
             self.report.outcomes["orphan state removed"] += 1
+        published: dict[str, set[str]] = defaultdict(set)
+        for expiry in self.store.list_expiry():
+            published[expiry.group].add(expiry.digest)
+        for group in (by_group.keys() | published.keys()) - touched:
+            if self._out_of_step(by_group.get(group, []), published.get(group, set())):
+                work.append((partial(self.pipeline.evaluate, group), "reconciled", group))
         return work
+
+    @staticmethod
+    def _out_of_step(markers: list[Marker], digests: set[str]) -> bool:
+        """Is a group published when it should not be, or not as its members now are?"""
+        declared = {marker.declared for marker in markers if marker.declared}
+        complete = (
+            bool(markers)
+            and all(marker.ok for marker in markers)
+            and len(declared) <= 1
+            and len(markers) >= max(declared, default=1)
+        )
+        if not complete:
+            return bool(digests)
+        current = membership_digest([(marker.key_hash, marker.etag) for marker in markers])
+        return digests != {current}

@@ -9,8 +9,9 @@ request tells an OMI's story:
                                              the member declares (n, 0: none) and whether it
                                              has a problem
     <state>published/<name>.json             what was last published for the OMI
-    <state>expiry/<minute>/<name>            one per published OMI, sorted by when its URLs
-                                             expire: finding the due ones is a short listing
+    <state>expiry/<minute>/<name>@<digest>   one per published OMI, sorted by when its URLs
+                                             expire: finding the due ones is a short listing;
+                                             the digest names the members published
 
 Reconciling compares a listing of the bucket with a listing of ``groups/``:
 list requests only, one per 1,000 objects.
@@ -71,6 +72,22 @@ class Marker:
         key_hash, etag, declared, flag = leaf.split("@")
         group = unquote(parents.rsplit("/", 1)[1])
         return cls(state_key, group, key_hash, etag, int(declared), flag == "ok")
+
+
+@dataclass(frozen=True)
+class Expiry:
+    """A published OMI as the expiry listing shows it."""
+
+    state_key: str
+    minute: str
+    group: str
+    digest: str
+
+
+def membership_digest(members: list[tuple[str, str]]) -> str:
+    """Which member records, at which ETags: equal digests, same members."""
+    text = ",".join(f"{h}:{etag.strip(chr(34))}" for h, etag in sorted(members))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -267,10 +284,11 @@ class Store:
     def delete_published(self, name: str) -> None:
         self._delete(self.published_key(name))
 
-    def expiry_key(self, name: str, expires: datetime) -> str:
-        """Rounded down to the minute: two passes renewing at once write one marker."""
+    def expiry_key(self, name: str, expires: datetime, digest: str) -> str:
+        """Rounded down to the minute, so two passes renewing at once write one marker;
+        ``digest`` names the member records published, so a listing can tell a stale one."""
         minute = expires.astimezone(UTC).strftime("%Y%m%dT%H%MZ")
-        return f"{self.state}expiry/{minute}/{quote(name, safe='')}"
+        return f"{self.state}expiry/{minute}/{quote(name, safe='')}@{digest}"
 
     def write_expiry(self, key: str) -> None:
         self._put(key, b"")
@@ -281,13 +299,18 @@ class Store:
     def due(self, before: datetime) -> Iterator[tuple[str, str]]:
         """(expiry marker, OMI name) of every manifest expiring before ``before``, oldest
         first; the listing stops at the first one that is not due."""
-        prefix = f"{self.state}expiry/"
         cutoff = before.astimezone(UTC).strftime("%Y%m%dT%H%MZ")
-        for item in self._list(prefix):
-            minute, quoted = item["Key"][len(prefix) :].split("/", 1)
-            if minute > cutoff:
+        for expiry in self.list_expiry():
+            if expiry.minute > cutoff:
                 return
-            yield item["Key"], unquote(quoted)
+            yield expiry.state_key, expiry.group
+
+    def list_expiry(self) -> Iterator[Expiry]:
+        prefix = f"{self.state}expiry/"
+        for item in self._list(prefix):
+            minute, rest = item["Key"][len(prefix) :].split("/", 1)
+            quoted, digest = rest.split("@")
+            yield Expiry(item["Key"], minute, unquote(quoted), digest)
 
     # --- manifests -------------------------------------------------------------
 
