@@ -315,10 +315,14 @@ class Pipeline:
         """Take down a published manifest, if there is one."""
         published = self.store.read_published(name)
         if published is None:
+            # A publication that failed half-way may have left the manifest alone.
+            self.store.delete_manifest(manifest_key(self.settings.manifest_prefix, name))
             return
+        # The record first: if a later step fails, the expiry listing still shows the
+        # manifest, and the scheduled pass finishes the withdrawal.
+        self.store.delete_published(name)
         self.store.delete_manifest(published["manifest"])
         self.store.delete_expiry(published["expiry_marker"])
-        self.store.delete_published(name)
         count("ManifestsWithdrawn")
         logger.info("manifest withdrawn", extra={"omi": name, "manifest": published["manifest"]})
 

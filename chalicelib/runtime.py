@@ -12,8 +12,10 @@ from . import config, signing
 from .pipeline import Pipeline
 from .store import Store
 
-# Standard mode retries throttling and 5xx with backoff; 5 attempts ride out a
-# brief S3 slowdown within a Lambda's time without hiding a real outage.
+# Standard mode retries throttling, 5xx and timeouts with jittered exponential backoff;
+# 5 retries (6 attempts, at most about 20 s of waiting) ride out a brief S3 slowdown
+# within a Lambda's time without hiding a real outage, which then fails the event so
+# that Lambda retries it, and the scheduled pass repairs whatever is left.
 RETRIES = {"mode": "standard", "max_attempts": 5}
 
 

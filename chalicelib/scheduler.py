@@ -18,7 +18,7 @@ from functools import partial
 from .inspection import declared_format
 from .observability import count, logger
 from .pipeline import Pipeline
-from .store import Marker, key_hash, membership_digest
+from .store import Expiry, Marker, key_hash, membership_digest
 
 WORKERS = 8
 SAFETY_MARGIN = 30.0  # seconds left when the pass stops starting new work (at most)
@@ -73,12 +73,24 @@ class Pass:
         started = time.monotonic()
         self.margin = min(SAFETY_MARGIN, self.time_left() * MARGIN_SHARE)
         cutoff = self.pipeline.clock() + timedelta(seconds=self.renew_before)
-        due = list(self.store.due(cutoff))
-        self._run_all(
-            (partial(self._renew_one, marker, name), "renewed", name) for marker, name in due
+        phases = (
+            lambda: [
+                (partial(self._renew_one, marker, name), "renewed", name)
+                for marker, name in self.store.due(cutoff)
+            ],
+            self._object_work,
+            self._group_work,
         )
-        if not self.report.unfinished:
-            self._run_all(self._reconcile_work())
+        for find_work in phases:
+            if self.report.unfinished:
+                break
+            try:
+                work = find_work()
+            except Exception:  # a listing failed: the other phases may still succeed
+                logger.exception("pass phase failed")
+                self.report.outcomes["failed"] += 1
+                continue
+            self._run_all(work)
         for outcome, metric in OUTCOME_METRICS.items():
             if self.report.outcomes[outcome]:
                 count(metric, self.report.outcomes[outcome])
@@ -110,14 +122,17 @@ class Pass:
     def _renew_one(self, expiry_marker: str, name: str) -> str:
         published = self.store.read_published(name)
         if published is None or published.get("expiry_marker") != expiry_marker:
-            self.store.delete_expiry(expiry_marker)  # left by a withdrawal or a race
+            # Left by a withdrawal, a race or a publication that failed half-way:
+            # drop it, and let the OMI's own state decide.
+            self.store.delete_expiry(expiry_marker)
+            self.pipeline.evaluate(name)
             return "stale"
         if (self.store.tags(published["manifest"]) or {}).get("omi:renew") == "false":
             return "not renewed: omi:renew=false"
         return self.pipeline.renew(name)
 
-    def _reconcile_work(self) -> list[tuple[Callable[[], object], str, str]]:
-        """Everything whose state does not match the bucket, found from listings alone."""
+    def _object_work(self) -> list[tuple[Callable[[], object], str, str]]:
+        """Objects whose state does not match the bucket, found from listings alone."""
         markers = self.store.list_all_markers()
         by_hash: dict[str, list[Marker]] = defaultdict(list)
         by_group: dict[str, list[Marker]] = defaultdict(list)
@@ -127,7 +142,6 @@ class Pass:
         indexed = self.store.list_index_hashes()
         work: list[tuple[Callable[[], object], str, str]] = []
         present: set[str] = set()
-        touched: set[str] = set()
         for listed in self.store.list_objects(self.pipeline.settings.reserved_prefixes):
             hashed = key_hash(listed.key)
             present.add(hashed)
@@ -140,28 +154,46 @@ class Pass:
             ):
                 # Changed without an event, or processing that did not finish.
                 work.append((partial(refresh, force=True), "reconciled", listed.key))
-                touched.update(marker.group for marker in found)
             elif self.check_tags:
                 work.append((refresh, "checked", listed.key))
         for hashed, found in by_hash.items():
             if hashed not in present:
                 for marker in found:
                     work.append((partial(self.pipeline.forget, marker), "reconciled", marker.group))
-                    touched.add(marker.group)
         for hashed in indexed - present - by_hash.keys():
             self.store.delete_index_hash(hashed)
             self.report.outcomes["orphan state removed"] += 1
-        published: dict[str, set[str]] = defaultdict(set)
-        for expiry in self.store.list_expiry():
-            published[expiry.group].add(expiry.digest)
-        for group in (by_group.keys() | published.keys()) - touched:
-            if self._out_of_step(by_group.get(group, []), published.get(group, set())):
-                work.append((partial(self.pipeline.evaluate, group), "reconciled", group))
         return work
 
+    def _group_work(self) -> list[tuple[Callable[[], object], str, str]]:
+        """OMIs published when they should not be, or not as their members now are;
+        listed after the objects were repaired."""
+        by_group: dict[str, list[Marker]] = defaultdict(list)
+        for marker in self.store.list_all_markers():
+            by_group[marker.group].append(marker)
+        published: dict[str, list[Expiry]] = defaultdict(list)
+        for expiry in self.store.list_expiry():
+            published[expiry.group].append(expiry)
+        work: list[tuple[Callable[[], object], str, str]] = []
+        for group in by_group.keys() | published.keys():
+            current = self._current_digest(by_group.get(group, []))
+            entries = published.get(group, [])
+            if current is None and not entries:
+                continue
+            if current is not None and [e.digest for e in entries] == [current]:
+                continue
+            stale = [e.state_key for e in entries if e.digest != current]
+            work.append((partial(self._repair_group, group, stale), "reconciled", group))
+        return work
+
+    def _repair_group(self, group: str, stale_expiry: list[str]) -> None:
+        self.pipeline.evaluate(group)
+        for key in stale_expiry:
+            self.store.delete_expiry(key)
+
     @staticmethod
-    def _out_of_step(markers: list[Marker], digests: set[str]) -> bool:
-        """Is a group published when it should not be, or not as its members now are?"""
+    def _current_digest(markers: list[Marker]) -> str | None:
+        """The digest a publication of these members would carry; None if not publishable."""
         declared = {marker.declared for marker in markers if marker.declared}
         complete = (
             bool(markers)
@@ -170,6 +202,5 @@ class Pass:
             and len(markers) >= max(declared, default=1)
         )
         if not complete:
-            return bool(digests)
-        current = membership_digest([(marker.key_hash, marker.etag) for marker in markers])
-        return digests != {current}
+            return None
+        return membership_digest([(marker.key_hash, marker.etag) for marker in markers])

@@ -33,10 +33,14 @@ class Harness:
     keys: signing.SigningKeys = KEYS
     now: datetime = NOW
     calls: list[str] = field(default_factory=list)
+    pipeline_client: Any = None  # the pipeline's own client, when it must differ from the user's
 
     def __post_init__(self) -> None:
         self.pipeline = Pipeline(
-            Store(self.s3, self.settings), self.settings, lambda: self.keys, lambda: self.now
+            Store(self.pipeline_client or self.s3, self.settings),
+            self.settings,
+            lambda: self.keys,
+            lambda: self.now,
         )
         self.s3.meta.events.register(
             "before-call.s3.*", lambda model, **_: self.calls.append(model.name)
