@@ -1,13 +1,14 @@
-"""Run every benchmark, or those named: ``python -m bench [inspect] [pipeline] [resign]``."""
+"""Run every benchmark, or those named: ``python -m bench [inspect] [pipeline] [resign] [load]``."""
 
 import sys
 
-from bench import inspect_bench, pipeline_bench, resign_bench
+from bench import inspect_bench, load_bench, pipeline_bench, resign_bench
 
 BENCHES = {
     "inspect": inspect_bench.main,
     "pipeline": pipeline_bench.main,
     "resign": resign_bench.main,
+    "load": load_bench.main,
 }
 
 if __name__ == "__main__":

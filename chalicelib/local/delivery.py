@@ -8,9 +8,12 @@ message, as the Lambda service would.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
+IDLE_WAIT = 0.1
 OBJECT_EVENTS = ["s3:ObjectCreated:*", "s3:ObjectRemoved:*", "s3:ObjectTagging:*"]
 
 Handler = Callable[[dict[str, Any]], None]
@@ -24,6 +27,7 @@ class NotificationPump:
         self.queue = queue
         self.queue_url: str | None = None
         self.delivered = 0
+        self._lock = threading.Lock()
 
     def connect(self) -> None:
         """Create the queue and point the bucket's notifications at it."""
@@ -43,23 +47,47 @@ class NotificationPump:
 
         Returns how many were delivered; stops when the queue is empty.
         """
-        delivered = 0
-        while True:
-            batch = self.sqs.receive_message(
-                QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_seconds
-            ).get("Messages", [])
-            if not batch:
-                return delivered
-            for message in batch:
-                event = json.loads(message["Body"])
-                if event.get("Records"):
-                    handler(event)
-                    delivered += 1
-                    self.delivered += 1
-                self.sqs.delete_message(
-                    QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"]
-                )
+        before = self.delivered
+        while self._deliver_batch(handler, 10, wait_seconds):
             wait_seconds = 0
+        return self.delivered - before
+
+    def pump_concurrently(
+        self, handler: Handler, workers: int, finished: Callable[[], bool]
+    ) -> int:
+        """Deliver with ``workers`` threads at once, as Lambda runs concurrent invocations,
+        until ``finished()`` holds and the queue is empty."""
+        before = self.delivered
+
+        def worker() -> None:
+            while True:
+                done = finished()
+                if self._deliver_batch(handler, 1, 0):
+                    continue
+                if done:
+                    return
+                time.sleep(IDLE_WAIT)  # an idle worker must not hammer the queue
+
+        threads = [threading.Thread(target=worker) for _ in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return self.delivered - before
+
+    def _deliver_batch(self, handler: Handler, most: int, wait_seconds: int) -> int:
+        """Receive up to ``most`` messages, hand each S3 event to ``handler``; how many came."""
+        batch = self.sqs.receive_message(
+            QueueUrl=self.queue_url, MaxNumberOfMessages=most, WaitTimeSeconds=wait_seconds
+        ).get("Messages", [])
+        for message in batch:
+            event = json.loads(message["Body"])
+            if event.get("Records"):
+                handler(event)
+                with self._lock:
+                    self.delivered += 1
+            self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+        return len(batch)
 
 
 LOCAL_STAGE = "local"  # a stage with no settings: a local run takes its own
