@@ -5,37 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 
-import boto3
-
-from chalicelib import runtime
-from chalicelib.local.delivery import NotificationPump, chalice_handler
+from chalicelib.local.delivery import chalice_handler
 from chalicelib.local.load import run_load
 from chalicelib.local.server import EmbeddedServer
 
-from .pipeline_bench import PIPELINE_KEY, PROJECT, REGION, USER_KEY
+from .pipeline_bench import PIPELINE_KEY, PROJECT, connect
 
 OMIS = 200
 
 
 def scenario(server: EmbeddedServer, bucket: str, workers: int, omis: int) -> dict:
-    os.environ |= {
-        "AWS_ACCESS_KEY_ID": PIPELINE_KEY,
-        "AWS_SECRET_ACCESS_KEY": "bench-secret",
-        "OMI_BUCKET": bucket,
-        "OMI_REGION": REGION,
-        "OMI_ENDPOINT_URL": server.url,
-        "OMI_PUBLIC_ENDPOINT_URL": server.url,
-    }
-    runtime.pipeline.cache_clear()
-    session = boto3.Session(
-        aws_access_key_id=USER_KEY, aws_secret_access_key="user", region_name=REGION
-    )
-    s3 = session.client("s3", endpoint_url=server.url)
-    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
-    pump = NotificationPump(s3, session.client("sqs", endpoint_url=server.url), bucket, bucket)
-    pump.connect()
+    s3, pump = connect(server, bucket, fresh=True)
     server.requests.reset()
     with contextlib.redirect_stdout(io.StringIO()):
         result = run_load(s3, pump, chalice_handler(PROJECT), bucket, omis, workers=workers)

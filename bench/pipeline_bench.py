@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import boto3
 
@@ -27,9 +28,8 @@ USER_KEY = "AKIABENCHUSER"
 PIPELINE_KEY = "AKIABENCHPIPELINE"
 
 
-def run_scenario(
-    server: EmbeddedServer, bucket: str, omis: int, per_omi: int, image: Path, fresh: bool
-):
+def connect(server: EmbeddedServer, bucket: str, fresh: bool) -> tuple[Any, NotificationPump]:
+    """Point the pipeline (its own key) at ``bucket``; a user's client and the event pump."""
     os.environ |= {
         "AWS_ACCESS_KEY_ID": PIPELINE_KEY,
         "AWS_SECRET_ACCESS_KEY": "bench-secret",
@@ -49,6 +49,13 @@ def run_scenario(
     if fresh:
         s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
     pump.connect()
+    return s3, pump
+
+
+def run_scenario(
+    server: EmbeddedServer, bucket: str, omis: int, per_omi: int, image: Path, fresh: bool
+):
+    s3, pump = connect(server, bucket, fresh)
     handler = chalice_handler(PROJECT)
     body = image.read_bytes()
     tag = f"run{time.monotonic_ns()}"

@@ -123,10 +123,6 @@ def format_expiry(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_expiry(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-
-
 class UrlDoesNotFit(Exception):
     """The URL cannot be stored in the tags an object may carry."""
 

@@ -177,14 +177,17 @@ class Store:
 
     # --- state -----------------------------------------------------------------
 
-    def _get_json(self, key: str) -> Any | None:
+    def _get(self, key: str) -> bytes | None:
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except ClientError as error:
             if _missing(error):
                 return None
             raise
-        return json.loads(body)
+
+    def _get_json(self, key: str) -> Any | None:
+        body = self._get(key)
+        return None if body is None else json.loads(body)
 
     def _put(self, key: str, body: bytes) -> None:
         self.client.put_object(
@@ -264,13 +267,8 @@ class Store:
         self._delete(f"{self.state}objects/{hashed}.json")
 
     def read_member(self, marker: str) -> Member | None:
-        try:
-            body = self.client.get_object(Bucket=self.bucket, Key=marker)["Body"].read()
-        except ClientError as error:
-            if _missing(error):
-                return None
-            raise
-        return member_from_json(body)
+        body = self._get(marker)
+        return None if body is None else member_from_json(body)
 
     def published_key(self, name: str) -> str:
         return f"{self.state}published/{quote(name, safe='')}.json"

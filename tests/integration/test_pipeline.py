@@ -4,24 +4,12 @@ from __future__ import annotations
 
 import threading
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from chalicelib import manifest, signing
-from chalicelib.config import Settings
 from tests import images, sigv4
-from tests.harness import BUCKET, NOW, REGION, Harness, create_bucket
-
-PUBLIC = "https://oos.eu-west-2.outscale.com"
-
-
-@pytest.fixture
-def omi():
-    with mock_aws():
-        s3 = boto3.client("s3", region_name=REGION)
-        create_bucket(s3)
-        yield Harness(s3, Settings(bucket=BUCKET, region=REGION, public_endpoint_url=PUBLIC))
+from tests.harness import BUCKET, NOW
+from tests.integration.conftest import PUBLIC
 
 
 def test_single_disk_without_tags_is_published(omi, samples):

@@ -6,25 +6,12 @@ import threading
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
-import boto3
-import pytest
-from moto import mock_aws
-
 from chalicelib import manifest
-from chalicelib.config import Settings
 from chalicelib.scheduler import Pass
 from tests import sigv4
-from tests.harness import BUCKET, NOW, REGION, Harness, create_bucket
+from tests.harness import BUCKET, NOW
 
 WINDOW = 48 * 3600
-
-
-@pytest.fixture
-def omi():
-    with mock_aws():
-        s3 = boto3.client("s3", region_name=REGION)
-        create_bucket(s3)
-        yield Harness(s3, Settings(bucket=BUCKET, region=REGION, public_endpoint_url="https://oos"))
 
 
 def run_pass(omi, **options):

@@ -5,24 +5,11 @@ from __future__ import annotations
 import json
 from urllib.parse import urlsplit
 
-import boto3
 import pytest
-from moto import mock_aws
 
-from chalicelib.config import Settings
 from chalicelib.notifications import ObjectChange
-from tests.harness import BUCKET, REGION, Harness, create_bucket
-
-PUBLIC = "https://oos.eu-west-2.outscale.com"
-
-
-@pytest.fixture
-def omi():
-    with mock_aws():
-        s3 = boto3.client("s3", region_name=REGION)
-        create_bucket(s3)
-        create_bucket(s3, "someone-elses-bucket")
-        yield Harness(s3, Settings(bucket=BUCKET, region=REGION, public_endpoint_url=PUBLIC))
+from tests.harness import BUCKET, create_bucket
+from tests.integration.conftest import PUBLIC
 
 
 def all_objects(omi, bucket=BUCKET):
@@ -30,6 +17,7 @@ def all_objects(omi, bucket=BUCKET):
 
 
 def test_events_for_another_bucket_are_ignored(omi, samples):
+    create_bucket(omi.s3, "someone-elses-bucket")
     omi.s3.put_object(Bucket="someone-elses-bucket", Key="web/sda1.qcow2", Body=b"\0" * 512)
     change = ObjectChange("someone-elses-bucket", "web/sda1.qcow2", "ObjectCreated:Put")
     assert omi.writes_during(lambda: omi.pipeline.handle([change])) == []
@@ -60,6 +48,7 @@ def test_names_with_path_tricks_are_refused(omi, samples, name, message):
 
 
 def test_only_the_omis_own_snapshots_are_signed(omi, samples):
+    create_bucket(omi.s3, "someone-elses-bucket")
     omi.drop("web/sda1.qcow2", samples["qcow2"], {"omi:name": "someone-elses-bucket/web"})
     two = {"omi:name": "db-server", "omi:snapshots": "2"}
     omi.drop("up/a.raw.gz", samples["raw.gz"], {**two, "omi:device": "/dev/sda"})
