@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 
 from chalicelib.local.delivery import chalice_handler
 from chalicelib.local.load import run_load
@@ -12,7 +13,7 @@ from chalicelib.local.server import EmbeddedServer
 
 from .pipeline_bench import PIPELINE_KEY, PROJECT, connect
 
-OMIS = 200
+OMIS = int(os.environ.get("OMI_BENCH_LOAD_OMIS", "200"))  # 200 takes over half an hour here
 
 
 def scenario(server: EmbeddedServer, bucket: str, workers: int, omis: int) -> dict:
