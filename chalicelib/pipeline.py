@@ -22,7 +22,15 @@ from .grouping import ImageSpec, Member, plan_group
 from .inspection import inspect_snapshot
 from .notifications import ObjectChange
 from .observability import count, logger
-from .store import IndexRecord, Marker, ObjectInfo, Store, key_hash, membership_digest
+from .store import (
+    IndexRecord,
+    Marker,
+    ObjectInfo,
+    Store,
+    key_hash,
+    listing_state,
+    membership_digest,
+)
 
 LONG_TERM_KEYS_NEEDED = "signing needs long-term keys - configure the signing secret"
 SAFE_MANIFEST_NAME = re.compile(r"[A-Za-z0-9_./\-]+")
@@ -213,12 +221,11 @@ class Pipeline:
         self, name: str, markers: list[Marker], trigger: tuple[str, dict[str, str]] | None
     ) -> bool:
         """The cheap cases: an empty group, or one that plainly waits for more snapshots."""
-        if not markers:
+        state, expected = listing_state(markers)
+        if state == "empty":
             self._withdraw(name)
             return True
-        declared = {mk.declared for mk in markers if mk.declared}
-        expected = max(declared, default=1)
-        if len(declared) > 1 or not all(mk.ok for mk in markers) or len(markers) >= expected:
+        if state != "waiting":
             return False
         if self.store.read_published(name) is not None:
             return False  # it was complete: the members must all go back to waiting

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
 
+from . import convention
 from .inspection import declared_format
 from .observability import count, logger
 from .pipeline import Pipeline
-from .store import Expiry, Marker, key_hash, membership_digest
+from .store import Expiry, Marker, key_hash, listing_state, membership_digest
 
 WORKERS = 8
 SAFETY_MARGIN = 30.0  # seconds left when the pass stops starting new work (at most)
@@ -127,7 +128,7 @@ class Pass:
             self.store.delete_expiry(expiry_marker)
             self.pipeline.evaluate(name)
             return "stale"
-        if (self.store.tags(published["manifest"]) or {}).get("omi:renew") == "false":
+        if (self.store.tags(published["manifest"]) or {}).get(convention.RENEW) == "false":
             return "not renewed: omi:renew=false"
         return self.pipeline.renew(name)
 
@@ -194,13 +195,6 @@ class Pass:
     @staticmethod
     def _current_digest(markers: list[Marker]) -> str | None:
         """The digest a publication of these members would carry; None if not publishable."""
-        declared = {marker.declared for marker in markers if marker.declared}
-        complete = (
-            bool(markers)
-            and all(marker.ok for marker in markers)
-            and len(declared) <= 1
-            and len(markers) >= max(declared, default=1)
-        )
-        if not complete:
+        if listing_state(markers)[0] != "complete":
             return None
         return membership_digest([(marker.key_hash, marker.etag) for marker in markers])

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -84,6 +84,19 @@ class Expiry:
     digest: str
 
 
+def listing_state(markers: list[Marker]) -> tuple[str, int]:
+    """What a group listing alone tells of an OMI, and how many snapshots it expects:
+    ``empty``, ``waiting`` (consistent, too few), ``complete`` (consistent, enough),
+    or ``unsettled`` (a member has a problem, or members declare different counts)."""
+    declared = {marker.declared for marker in markers if marker.declared}
+    expected = max(declared, default=1)
+    if not markers:
+        return "empty", expected
+    if len(declared) > 1 or not all(marker.ok for marker in markers):
+        return "unsettled", expected
+    return ("complete" if len(markers) >= expected else "waiting"), expected
+
+
 def membership_digest(members: list[tuple[str, str]]) -> str:
     """Which member records, at which ETags: equal digests, same members."""
     text = ",".join(f"{h}:{etag.strip(chr(34))}" for h, etag in sorted(members))
@@ -126,23 +139,22 @@ class Store:
 
     # --- snapshot objects ------------------------------------------------------
 
-    def head(self, key: str) -> ObjectInfo | None:
+    def _unless_missing(self, call: Callable[..., Any], key: str) -> Any | None:
+        """``call`` on this bucket and ``key``; None when the object does not exist."""
         try:
-            found = self.client.head_object(Bucket=self.bucket, Key=key)
+            return call(Bucket=self.bucket, Key=key)
         except ClientError as error:
             if _missing(error):
                 return None
             raise
-        return ObjectInfo(key, found["ETag"], found["ContentLength"])
+
+    def head(self, key: str) -> ObjectInfo | None:
+        found = self._unless_missing(self.client.head_object, key)
+        return None if found is None else ObjectInfo(key, found["ETag"], found["ContentLength"])
 
     def tags(self, key: str) -> dict[str, str] | None:
-        try:
-            found = self.client.get_object_tagging(Bucket=self.bucket, Key=key)
-        except ClientError as error:
-            if _missing(error):
-                return None
-            raise
-        return {tag["Key"]: tag["Value"] for tag in found["TagSet"]}
+        found = self._unless_missing(self.client.get_object_tagging, key)
+        return None if found is None else {tag["Key"]: tag["Value"] for tag in found["TagSet"]}
 
     def put_tags(self, key: str, tags: dict[str, str]) -> None:
         self.client.put_object_tagging(
@@ -178,12 +190,8 @@ class Store:
     # --- state -----------------------------------------------------------------
 
     def _get(self, key: str) -> bytes | None:
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except ClientError as error:
-            if _missing(error):
-                return None
-            raise
+        found = self._unless_missing(self.client.get_object, key)
+        return None if found is None else found["Body"].read()
 
     def _get_json(self, key: str) -> Any | None:
         body = self._get(key)

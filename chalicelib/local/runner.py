@@ -110,7 +110,7 @@ class LocalRun:
 
     def _deliver_forever(self, settings: config.Settings) -> None:
         pipeline = runtime.pipeline()
-        sqs = _sqs_client(settings)
+        sqs = sqs_client(settings)
         pump = NotificationPump(pipeline.store.client, sqs, settings.bucket)
         try:
             pump.connect()
@@ -154,7 +154,7 @@ class LocalRun:
         )
 
 
-def _sqs_client(settings: config.Settings) -> object:
+def sqs_client(settings: config.Settings) -> object:
     import boto3
 
     return boto3.client("sqs", endpoint_url=settings.endpoint_url, region_name=settings.region)
