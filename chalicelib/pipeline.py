@@ -258,7 +258,7 @@ class Pipeline:
         }
         try:
             tags = kept | signing.url_to_tags(
-                sign(target), expires_at, signing.MAX_TAGS - len(kept)
+                sign(target), expires_at, convention.MAX_TAGS - len(kept)
             )
         except signing.UrlDoesNotFit:
             logger.error(LONG_TERM_KEYS_NEEDED, extra={"omi": image.name})

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote, unquote, urlsplit
 
+from .convention import MAX_TAGS, TAG_VALUE_LIMIT
+
 ALGORITHM = "AWS4-HMAC-SHA256"
 SERVICE = "s3"
 TOKEN_TAG = "X-Amz-Security-Token"
@@ -28,8 +30,6 @@ PARAMS_BEFORE_TOKEN = (
     "X-Amz-SignedHeaders",
 )
 SIGNATURE = "X-Amz-Signature"
-TAG_VALUE_LIMIT = 256
-MAX_TAGS = 10
 DNS_BUCKET = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
 
 
