@@ -42,7 +42,7 @@ SIGNATURES: tuple[Signature, ...] = (
     Signature("qcow2", lambda head, tail: _qcow_version(head) in (2, 3)),
     Signature("qcow version 1", lambda head, tail: _qcow_version(head) == 1),
     Signature(
-        "qcow of unknown version",
+        "newer qcow",
         lambda head, tail: _qcow_version(head) not in (None, 1, 2, 3),
     ),
     Signature("gzip", lambda head, tail: head[:2] == GZIP_MAGIC),
