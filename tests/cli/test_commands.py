@@ -245,3 +245,24 @@ def test_importing_the_app_is_cheap():
         [sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_command_errors_say_what_is_wrong(store, tmp_path):
+    missing = tmp_path / "nothing.qcow2"
+    done = omi("inspect", str(missing))
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"omi-manifest: cannot read {missing}: No such file or directory"
+    done = omi("inspect", "s3://only-a-bucket")
+    assert done.stderr.strip() == "omi-manifest: s3://only-a-bucket is not s3://BUCKET/KEY"
+    done = omi("url", "nothing-here", *bucket_args(store))
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "omi-manifest: no published manifest for nothing-here (manifests/nothing-here.json)"
+    )
+    done = omi("validate", str(missing))
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"omi-manifest: cannot read {missing}: No such file or directory"
+    done = omi("status", "nothing-here", *bucket_args(store))
+    assert (done.returncode, done.stdout.strip()) == (1, "no OMI nothing-here")
+    done = omi("status", *bucket_args(store))
+    assert (done.returncode, done.stdout.strip()) == (0, f"no snapshots in {store.bucket} yet")
