@@ -28,6 +28,8 @@ class Settings:
     url_lifetime: int = MAX_URL_LIFETIME
     renew_before: int = 48 * 3600
     temporary_credentials_lifetime: int = 3600
+    pass_interval: int = 3600  # seconds between scheduled passes (or polls)
+    tag_rounds: int = 24  # passes over which every object's tags are read once
     defaults: Defaults = field(default_factory=Defaults)
     ceilings: Ceilings = field(default_factory=Ceilings)
 
@@ -67,6 +69,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         url_lifetime=lifetime,
         renew_before=_int(env, "OMI_RENEW_BEFORE", 48 * 3600),
         temporary_credentials_lifetime=_int(env, "OMI_TEMPORARY_CREDENTIALS_LIFETIME", 3600),
+        pass_interval=max(1, _int(env, "OMI_PASS_INTERVAL", 3600)),
+        tag_rounds=max(1, _int(env, "OMI_TAG_ROUNDS", 24)),
         defaults=defaults,
         ceilings=Ceilings(
             max_bytes=_int(env, "OMI_MAX_DECOMPRESSED_BYTES", Ceilings.max_bytes),

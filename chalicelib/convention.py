@@ -71,6 +71,11 @@ def is_reserved(key: str, reserved_prefixes: tuple[str, ...]) -> bool:
     return key.startswith(reserved_prefixes)
 
 
+def candidate_by_name(key: str) -> bool:
+    """A snapshot candidate by its name alone (listings show no tags)."""
+    return declared_format(key) is not None
+
+
 def is_candidate(key: str, tags: dict[str, str], reserved_prefixes: tuple[str, ...]) -> bool:
     """A snapshot candidate: an image suffix, or any ``omi:`` tag of the user's."""
     if is_reserved(key, reserved_prefixes):

@@ -32,6 +32,7 @@ class Member:
     virtual_size: int | None
     problems: tuple[str, ...]
     settings: SnapshotSettings
+    content_problems: tuple[str, ...] = ()  # what inspection found: reused while the ETag holds
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 from .convention import Defaults
 from .grouping import plan_group
+from .pipeline import current_markers, manifest_key
+from .signing import format_expiry
 from .store import Store
 
 
@@ -23,16 +24,16 @@ class OmiStatus:
 
 def omi_statuses(store: Store, defaults: Defaults, name: str | None = None) -> list[OmiStatus]:
     """One line per OMI (or just ``name``), from the state records."""
-    groups: dict[str, list] = defaultdict(list)
-    markers = store.list_group(name) if name is not None else store.list_all_markers()
-    for marker in markers:
-        groups[marker.group].append(marker)
+    groups = {name: store.read_group(name)} if name is not None else store.list_groups()
     statuses = []
-    for group, found in sorted(groups.items()):
+    for group, records in sorted(groups.items()):
+        if not records.markers:
+            continue
+        found = current_markers(records.markers)
         members = [m for mk in found if (m := store.read_member(mk.state_key))]
         plan = plan_group(group, members, defaults)
         errors = sorted(s for s in plan.statuses.values() if s.startswith("error: "))
-        published = store.read_published(group)
+        published = records.published
         if errors:
             state, error = "error", errors[0].removeprefix("error: ")
         elif published:
@@ -45,8 +46,8 @@ def omi_statuses(store: Store, defaults: Defaults, name: str | None = None) -> l
                 present=plan.present,
                 expected=plan.expected,
                 state=state,
-                expires=published["expires"] if published else None,
-                manifest=published["manifest"] if published else None,
+                expires=format_expiry(published.expires) if published else None,
+                manifest=manifest_key(store.manifest_prefix, group) if published else None,
                 error=error,
             )
         )

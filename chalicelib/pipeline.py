@@ -1,15 +1,17 @@
-"""The steps: an object changed or went away; evaluate its OMI; publish or withdraw.
+"""The steps: a snapshot changed or went away; reconcile it, then its OMIs.
 
-Every step is idempotent and reads the bucket's current state rather than
-trusting the event, so duplicate, late and reordered events end in the same
-state. The pipeline's own writes (status tags, state, manifests) come back as
-events that change nothing, so there are no loops.
+Level-triggered, like a Kubernetes controller: an event only names an object.
+``refresh`` reads the object's current facts, files it in exactly one group,
+and ``evaluate`` derives an OMI's whole desired state (a manifest or none, a
+status for every member) from its current records and writes only what
+differs. Both re-read after writing and go round again if the world moved, so
+concurrent, duplicated, late and reordered invocations end in the state a
+one-at-a-time run reaches. The record kinds, their invariants and the order of
+writes are in ``docs/state.md``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -23,18 +25,19 @@ from .inspection import inspect_snapshot
 from .notifications import ObjectChange
 from .observability import count, logger
 from .store import (
-    IndexRecord,
+    Group,
     Marker,
     ObjectInfo,
+    ObjectState,
     Store,
     key_hash,
-    listing_state,
     membership_digest,
+    tags_hash,
 )
 
 LONG_TERM_KEYS_NEEDED = "signing needs long-term keys - configure the signing secret"
 SAFE_MANIFEST_NAME = re.compile(r"[A-Za-z0-9_./\-]+")
-REEVALUATIONS = 3
+ROUNDS = 5  # re-reads before giving up on a world that keeps moving (another worker finishes)
 
 Clock = Callable[[], datetime]
 KeysProvider = Callable[[], signing.SigningKeys]
@@ -53,10 +56,38 @@ def manifest_key(prefix: str, name: str) -> str:
     return f"{prefix}{slug}-{sha256(name.encode()).hexdigest()[:8]}.json"
 
 
-def fingerprint(etag: str, tags: dict[str, str]) -> str:
-    """What decides a snapshot's record: its content (ETag) and the user's ``omi:`` tags."""
-    text = json.dumps([etag, convention.user_tags(tags)], sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+class StillChanging(RuntimeError):
+    """The object or group changed on every re-read: the invocation fails and is retried."""
+
+
+@dataclass(frozen=True)
+class Facts:
+    """One object as it is now: content, the user's tags, and what they make of it."""
+
+    key: str
+    info: ObjectInfo | None
+    tags: dict[str, str]
+    settings: convention.SnapshotSettings | None  # None: gone, or not a snapshot
+
+    @property
+    def group(self) -> str | None:
+        return None if self.settings is None else self.settings.name or ""
+
+    @property
+    def tags_hash(self) -> str:
+        return tags_hash(convention.user_tags(self.tags))
+
+    @property
+    def etag(self) -> str:
+        return self.info.etag.strip('"') if self.info else ""
+
+    def same(self, other: Facts) -> bool:
+        return (self.group, self.etag, self.tags_hash) == (other.group, other.etag, other.tags_hash)
+
+    def finished_in(self, state: ObjectState) -> bool:
+        if self.group is None:
+            return state.empty
+        return state.finished(self.etag, self.tags_hash, self.group)
 
 
 @dataclass
@@ -81,12 +112,12 @@ class Pipeline:
             if convention.is_reserved(change.key, self.settings.reserved_prefixes):
                 continue
             try:
-                # Created or removed, the object's current state decides: a late
-                # "removed" for a key that exists again must not remove it.
                 logger.debug(
                     "object changed", extra={"key": change.key, "event": change.event_name}
                 )
-                self.refresh(change.key)
+                # A tagging event can only have changed tags: content changes bring
+                # their own ObjectCreated event.
+                self.refresh(change.key, tags_only="ObjectTagging" in change.event_name)
             except Exception:
                 failures += 1
                 count("EventsFailed")
@@ -94,150 +125,212 @@ class Pipeline:
         if failures:
             raise RuntimeError(f"{failures} object changes failed; see the log")
 
-    def refresh(self, key: str, force: bool = False) -> None:
-        """Bring one object's record in line with its current content and tags.
-
-        The index record is written last: while it is missing or old, processing
-        did not finish, and the scheduled pass (or the platform's retry) does it again.
-        """
+    def facts(self, key: str) -> Facts:
         info = self.store.head(key)
         tags = self.store.tags(key) if info else None
         if info is None or tags is None:
-            self.remove(key)
-            return
-        index = self.store.read_index(key)
-        if not convention.is_candidate(key, tags, self.settings.reserved_prefixes):
-            if index:
-                self.remove(key)
-            return
-        current = fingerprint(info.etag, tags)
-        if index and index.fingerprint == current and not force:
+            return Facts(key, None, {}, None)
+        return self._facts_from(info, tags)
+
+    def _facts_from(self, info: ObjectInfo, tags: dict[str, str]) -> Facts:
+        reserved = self.settings.reserved_prefixes
+        if not convention.is_candidate(info.key, tags, reserved):
+            return Facts(info.key, info, tags, None)
+        settings = convention.read_settings(info.key, tags, self.settings.defaults, reserved)
+        return Facts(info.key, info, tags, settings)
+
+    def refresh(self, key: str, tags_only: bool = False) -> None:
+        """Bring one object's records in line with its current content and tags.
+
+        The ``done`` entry is written last: while it does not match the object, processing
+        did not finish, and the next event, the platform's retry or the scheduled pass
+        does it again. Processing re-reads the object at the end and goes round again if
+        it changed meanwhile, so the last invocation to finish files the latest facts.
+        """
+        if tags_only and self._tags_settled(key):
             logger.debug("unchanged", extra={"key": key})
             return
-        member = self._member(info, tags)
-        name = member.settings.name or ""
-        marker = self.store.write_member(name, member)
-        logger.info(
-            "snapshot recorded",
-            extra={"key": key, "omi": name, "problems": list(member.problems)},
-        )
-        self.evaluate(name, trigger=(key, tags), own=marker)
-        if index and index.group != name:
-            self._leave(index)
-        self.store.write_index(IndexRecord(key, name, marker, current))
+        facts = self.facts(key)
+        touched: set[str] = set()
+        for _ in range(ROUNDS):
+            state = self.store.object_state(key)
+            if facts.finished_in(state):
+                logger.debug("unchanged", extra={"key": key})
+                return
+            self._apply(facts, state, touched)
+            latest = self.facts(key)
+            if latest.same(facts):
+                return
+            logger.info("snapshot changed while it was processed", extra={"key": key})
+            facts = latest
+        raise StillChanging(f"{key} changed on every one of {ROUNDS} reads")
 
-    def _member(self, info: ObjectInfo, tags: dict[str, str]) -> Member:
-        settings = convention.read_settings(
-            info.key, tags, self.settings.defaults, self.settings.reserved_prefixes
-        )
-        found = inspect_snapshot(
-            self.store.reader(info),
-            info.key,
-            size_hint=settings.size_hint,
-            ceilings=self.settings.ceilings,
-        )
-        count("SnapshotsInspected")
-        logger.info(
-            "snapshot inspected",
-            extra={
-                "key": info.key,
-                "format": found.format,
-                "virtual_size": found.virtual_size,
-                "bytes_read": found.bytes_read,
-                "importable": found.importable,
-            },
-        )
+    def _tags_settled(self, key: str) -> bool:
+        """Two requests: the tags and the object's state; enough to see that a tagging
+        event (the pipeline's own status write, most often) changes nothing."""
+        tags = self.store.tags(key)
+        if tags is None:
+            return False
+        reserved = self.settings.reserved_prefixes
+        state = self.store.object_state(key)
+        if not convention.is_candidate(key, tags, reserved):
+            return state.empty
+        settings = convention.read_settings(key, tags, self.settings.defaults, reserved)
+        return state.finished(None, tags_hash(convention.user_tags(tags)), settings.name or "")
+
+    def _apply(self, facts: Facts, state: ObjectState, touched: set[str]) -> None:
+        """File the object in its group (or none), clear its records elsewhere, evaluate
+        every group it touched, then mark it done."""
+        hashed = key_hash(facts.key)
+        target = facts.group
+        earlier = set(state.groups) | touched
+        if target is not None and target not in state.groups:
+            self.store.add_group_entry(facts.key, target)  # before the record it announces
+        records = [
+            marker
+            for group in sorted(earlier)
+            for marker in self.store.records_of(group, facts.key)
+        ]
+        own = None
+        if target is not None:
+            touched.add(target)
+            member = self._member(facts, records)
+            own = self.store.write_member(target, member, facts.tags_hash)
+            logger.info(
+                "snapshot recorded",
+                extra={"key": facts.key, "omi": target, "problems": list(member.problems)},
+            )
+        for marker in records:
+            if marker.state_key != own:
+                self.store.delete_marker(marker.state_key)
+        for group in sorted(earlier | ({target} if target is not None else set())):
+            self.evaluate(group)
+        for group in state.groups - {target}:
+            self.store.delete_group_entry(hashed, group)
+        done = (facts.etag, facts.tags_hash) if target is not None else None
+        self.store.set_done(hashed, done, state.done)
+        if target is None and state.groups:
+            logger.info("snapshot removed", extra={"key": facts.key})
+
+    def _member(self, facts: Facts, records: list[Marker]) -> Member:
+        """The member record for these facts; inspection is reused from a record of the
+        same content (ETag) and size hint, so retagging never reads the file again."""
+        assert facts.info is not None and facts.settings is not None
+        settings = facts.settings
+        content = self._earlier_inspection(facts, records)
+        if content is None:
+            found = inspect_snapshot(
+                self.store.reader(facts.info),
+                facts.key,
+                size_hint=settings.size_hint,
+                ceilings=self.settings.ceilings,
+            )
+            count("SnapshotsInspected")
+            logger.info(
+                "snapshot inspected",
+                extra={
+                    "key": facts.key,
+                    "format": found.format,
+                    "virtual_size": found.virtual_size,
+                    "bytes_read": found.bytes_read,
+                    "importable": found.importable,
+                },
+            )
+            content = (found.virtual_size, tuple(found.problems))
+        virtual_size, content_problems = content
         return Member(
-            key=info.key,
-            etag=info.etag,
-            compressed_size=info.size,
-            virtual_size=found.virtual_size,
-            problems=settings.problems + found.problems,
+            key=facts.key,
+            etag=facts.info.etag,
+            compressed_size=facts.info.size,
+            virtual_size=virtual_size,
+            problems=settings.problems + content_problems,
             settings=settings,
+            content_problems=content_problems,
         )
 
-    def remove(self, key: str) -> None:
-        """A snapshot is gone (or no longer a candidate): take it out of its OMI."""
-        index = self.store.read_index(key)
-        if index is None:
-            return
-        self._leave(index)
-        self.store.delete_index(key)
-        logger.info("snapshot removed", extra={"key": key, "omi": index.group})
+    def _earlier_inspection(
+        self, facts: Facts, records: list[Marker]
+    ) -> tuple[int | None, tuple[str, ...]] | None:
+        for marker in records:
+            if marker.etag != facts.etag:
+                continue
+            earlier = self.store.read_member(marker.state_key)
+            hint = facts.settings.size_hint if facts.settings else None
+            if earlier and earlier.settings.size_hint == hint and earlier.key == facts.key:
+                return earlier.virtual_size, earlier.content_problems
+        return None
 
-    def forget(self, marker: Marker) -> None:
-        """Drop a member record whose object is gone, even if its index never got written."""
-        self.store.delete_marker(marker.state_key)
-        self.evaluate(marker.group)
-        self.store.delete_index_hash(marker.key_hash)
-
-    def _leave(self, index: IndexRecord) -> None:
-        self.store.delete_marker(index.marker)
-        self.evaluate(index.group)
+    def forget(self, hashed: str, state: ObjectState, group_markers: list[Marker]) -> None:
+        """Clear the records of an object that is gone, known only by its key's hash."""
+        for marker in group_markers:
+            member = self.store.read_member(marker.state_key)
+            if member is not None:
+                self.refresh(member.key)
+                return
+        for group in state.groups:
+            self.store.delete_group_entry(hashed, group)
+        self.store.set_done(hashed, None, state.done)
 
     # --- one OMI ---------------------------------------------------------------
 
-    def evaluate(
-        self,
-        name: str,
-        trigger: tuple[str, dict[str, str]] | None = None,
-        own: str | None = None,
-    ) -> None:
-        """Decide an OMI from its group listing; read member records only when it may be
-        complete or in error, so a waiting OMI costs one list request per event.
+    def evaluate(self, name: str) -> set[str]:
+        """Derive one OMI's manifest (or none) and every member's status from its current
+        records; write what differs; re-list, and go round again if a member changed.
 
-        ``own`` is the member record just written: older records of the same object
-        (another ETag, another flag) are deleted here.
+        Returns the members whose user tags no longer match their record (a tag change
+        whose processing is still to come): the scheduled pass refreshes them.
         """
-        for _ in range(REEVALUATIONS):
-            markers = self._current(self.store.list_group(name), own)
-            if self._settled(name, markers, trigger):
-                return
-            plan = plan_group(name, self._members(markers), self.settings.defaults)
-            if plan.image is None:
-                self._withdraw(name)
-                self._write_statuses(plan.statuses, trigger)
-                return
-            self._publish(plan.image)
-            if {mk.state_key for mk in self.store.list_group(name)} == {
-                mk.state_key for mk in markers
-            }:
-                return
-            logger.info("group changed while publishing; evaluating again", extra={"omi": name})
+        for _ in range(ROUNDS):
+            group = self.store.read_group(name)
+            markers = current_markers(group.markers)
+            members = self._read_members(markers)
+            if members is None:
+                continue  # a record went away between listing and reading: list again
+            statuses = self._decide(group, markers, members)
+            drifted = self._write_statuses(statuses, {m.key: mk.tags for m, mk in members})
+            if self.store.read_group(name).listing == group.listing:
+                return drifted
+            logger.info("group changed while it was evaluated", extra={"omi": name})
+        raise StillChanging(f"OMI {name} changed on every one of {ROUNDS} listings")
 
-    def _current(self, markers: list[Marker], own: str | None) -> list[Marker]:
-        if own is None:
-            return markers
-        own_hash = Marker.parse(own).key_hash
-        stale = [mk for mk in markers if mk.key_hash == own_hash and mk.state_key != own]
-        for marker in stale:
-            self.store.delete_marker(marker.state_key)
-        return [mk for mk in markers if mk not in stale]
+    def _read_members(self, markers: list[Marker]) -> list[tuple[Member, Marker]] | None:
+        members = []
+        for marker in markers:
+            member = self.store.read_member(marker.state_key)
+            if member is None:
+                return None
+            members.append((member, marker))
+        return members
 
-    def _members(self, markers: list[Marker]) -> list[Member]:
-        return [m for mk in markers if (m := self.store.read_member(mk.state_key))]
+    def _decide(
+        self, group: Group, markers: list[Marker], members: list[tuple[Member, Marker]]
+    ) -> dict[str, str]:
+        """Publish or withdraw as the plan says; the statuses the members should show."""
+        plan = plan_group(group.name, [m for m, _ in members], self.settings.defaults)
+        if plan.image is None or not group.name:
+            self._withdraw(group)
+            return plan.statuses
+        digest = membership_digest(markers)
+        if group.published is not None and group.published.digest == digest:
+            current = group.published
+            self._drop_superseded(
+                group, current.state_key, self.store.expiry_key(group.name, current.expires, digest)
+            )
+            status = convention.status_published(self.manifest_key(group.name))
+            return {s.key: status for s in plan.image.snapshots}
+        return self._publish(group, plan.image, digest)
 
-    def _settled(
-        self, name: str, markers: list[Marker], trigger: tuple[str, dict[str, str]] | None
-    ) -> bool:
-        """The cheap cases: an empty group, or one that plainly waits for more snapshots."""
-        state, expected = listing_state(markers)
-        if state == "empty":
-            self._withdraw(name)
-            return True
-        if state != "waiting":
-            return False
-        if self.store.read_published(name) is not None:
-            return False  # it was complete: the members must all go back to waiting
-        if trigger:
-            key, tags = trigger
-            status = convention.status_waiting(len(markers), expected, name)
-            self._set_status(key, status, tags)
-        return True
+    def manifest_key(self, name: str) -> str:
+        return manifest_key(self.settings.manifest_prefix, name)
 
-    def _publish(self, image: ImageSpec) -> None:
+    def _publish(self, group: Group, image: ImageSpec, digest: str) -> dict[str, str]:
+        """Sign, write the manifest and its expiry entry, then the publication record
+        (the commit point), then drop the previous publication's records."""
         now = self.clock()
-        keys = self.keys()
+        keys = self._signing_keys(image)
+        if isinstance(keys, str):
+            self._withdraw(group)
+            return {s.key: convention.status_error(keys) for s in image.snapshots}
         expires_at, reason = signing.expiry(now, self.settings.url_lifetime, keys)
         lifetime = max(1, int((expires_at - now).total_seconds()))
         if reason:
@@ -252,50 +345,66 @@ class Pipeline:
         def sign(key: str) -> str:
             return signing.presign_get(keys, endpoint, bucket, key, now, lifetime)
 
-        target = manifest_key(self.settings.manifest_prefix, image.name)
-        kept = {  # the user's own tags on the manifest, such as omi:renew, survive
-            k: v for k, v in (self.store.tags(target) or {}).items() if not signing.is_url_tag(k)
-        }
+        target = self.manifest_key(image.name)
+        kept = {}
+        if group.published is not None:  # the user's own tags on the manifest (omi:renew)
+            current = self.store.tags(target) or {}
+            kept = {k: v for k, v in current.items() if not signing.is_url_tag(k)}
         try:
             tags = kept | signing.url_to_tags(
                 sign(target), expires_at, convention.MAX_TAGS - len(kept)
             )
         except signing.UrlDoesNotFit:
             logger.error(LONG_TERM_KEYS_NEEDED, extra={"omi": image.name})
-            self._write_statuses(
-                {s.key: convention.status_error(LONG_TERM_KEYS_NEEDED) for s in image.snapshots},
-                None,
-            )
-            return
+            self._withdraw(group)
+            return {s.key: convention.status_error(LONG_TERM_KEYS_NEEDED) for s in image.snapshots}
         document = manifest.build(image, {s.key: sign(s.key) for s in image.snapshots})
-        previous = self.store.read_published(image.name)
-        members = [(key_hash(s.key), s.etag) for s in image.snapshots]
-        expiry_marker = self.store.expiry_key(image.name, expires_at, membership_digest(members))
+        expiry_marker = self.store.expiry_key(image.name, expires_at, digest)
+        publication = self.store.publication_key(image.name, digest, expires_at)
         self.store.put_manifest(target, manifest.render(document), tags)
         self.store.write_expiry(expiry_marker)
-        self.store.write_published(
-            image.name,
-            {
-                "manifest": target,
-                "expires": signing.format_expiry(expires_at),
-                "expiry_marker": expiry_marker,
-                "snapshots": {s.key: s.etag for s in image.snapshots},
-            },
-        )
-        if previous and previous.get("expiry_marker") not in (None, expiry_marker):
-            self.store.delete_expiry(previous["expiry_marker"])
+        self.store.write_publication(publication)
+        self._drop_superseded(group, publication, expiry_marker)
         count("ManifestsPublished")
+        shown = signing.format_expiry(expires_at)
         logger.info(
             "manifest published",
             extra={
                 "omi": image.name,
                 "manifest": target,
                 "snapshots": len(image.snapshots),
-                "expires": signing.format_expiry(expires_at),
+                "expires": shown,
+                "change": f"{image.name}: published {target} (expires {shown})",
             },
         )
         status = convention.status_published(target)
-        self._write_statuses({s.key: status for s in image.snapshots}, None)
+        return {s.key: status for s in image.snapshots}
+
+    def _drop_superseded(self, group: Group, publication: str, expiry_marker: str) -> None:
+        """The records of earlier publications, once a later one is written: each expiry
+        entry before its publication record, so that a failure leaves a record to redo it."""
+        for earlier in group.publications:
+            if earlier.state_key == publication:
+                continue
+            old_expiry = self.store.expiry_key(group.name, earlier.expires, earlier.digest)
+            if old_expiry != expiry_marker:
+                self.store.delete_expiry(old_expiry)
+            self.store.delete_publication(earlier.state_key)
+
+    def _signing_keys(self, image: ImageSpec) -> signing.SigningKeys | str:
+        """The signing keys, or what the user must fix when they cannot be had."""
+        try:
+            return self.keys()
+        except Exception as error:  # a missing or malformed secret: say so, never crash-loop
+            secret = self.settings.signing_secret or "credentials"
+            logger.error(
+                "signing keys unavailable",
+                extra={"omi": image.name, "reason": type(error).__name__},
+            )
+            return (
+                f"cannot read the signing secret {secret} - it must exist and hold "
+                "aws_access_key_id and aws_secret_access_key"
+            )
 
     def renew(self, name: str) -> str:
         """Re-sign one published OMI after checking its snapshots are still as published.
@@ -303,49 +412,78 @@ class Pipeline:
         Returns ``renewed``, ``refreshed`` (a snapshot changed or went away and was
         processed as an event would have been) or ``gone`` (nothing is published).
         """
-        published = self.store.read_published(name)
-        if published is None:
+        group = self.store.read_group(name)
+        if group.published is None:
             return "gone"
-        for key, etag in published["snapshots"].items():
-            info = self.store.head(key)
-            if info is None or info.etag != etag:
-                self.refresh(key)
+        markers = current_markers(group.markers)
+        members = self._read_members(markers)
+        if members is None:
+            self.evaluate(name)
+            return "refreshed"
+        for member, marker in members:
+            info = self.store.head(member.key)
+            if info is None or info.etag.strip('"') != marker.etag:
+                self.refresh(member.key)
                 return "refreshed"
-        plan = plan_group(name, self._members(self.store.list_group(name)), self.settings.defaults)
+        plan = plan_group(name, [m for m, _ in members], self.settings.defaults)
         if plan.image is None:
             self.evaluate(name)
             return "refreshed"
-        self._publish(plan.image)
+        statuses = self._publish(group, plan.image, membership_digest(markers))
+        self._write_statuses(statuses, {m.key: mk.tags for m, mk in members})
         return "renewed"
 
-    def _withdraw(self, name: str) -> None:
-        """Take down a published manifest, if there is one."""
-        published = self.store.read_published(name)
-        if published is None:
-            # A publication that failed half-way may have left the manifest alone.
-            self.store.delete_manifest(manifest_key(self.settings.manifest_prefix, name))
+    def _withdraw(self, group: Group) -> None:
+        """Take down a published manifest, if there is one. The publication record goes
+        last: if a step fails, the group still says published and the next evaluation
+        finishes the withdrawal."""
+        if not group.publications:
             return
-        # The record first: if a later step fails, the expiry listing still shows the
-        # manifest, and the scheduled pass finishes the withdrawal.
-        self.store.delete_published(name)
-        self.store.delete_manifest(published["manifest"])
-        self.store.delete_expiry(published["expiry_marker"])
-        count("ManifestsWithdrawn")
-        logger.info("manifest withdrawn", extra={"omi": name, "manifest": published["manifest"]})
-
-    def _write_statuses(
-        self, statuses: dict[str, str], trigger: tuple[str, dict[str, str]] | None
-    ) -> None:
-        for key, status in statuses.items():
-            known = trigger[1] if trigger and trigger[0] == key else None
-            self._set_status(key, status, known)
-
-    def _set_status(self, key: str, status: str, tags: dict[str, str] | None) -> None:
-        outcome = self.store.set_tag(key, convention.STATUS, status, tags)
-        if outcome == "full":
-            logger.warning(
-                "status not written: the object already has 10 tags",
-                extra={"key": key, "status": status},
+        target = self.manifest_key(group.name)
+        self.store.delete_manifest(target)
+        for publication in group.publications:
+            self.store.delete_expiry(
+                self.store.expiry_key(group.name, publication.expires, publication.digest)
             )
-        if status.startswith("error:") and outcome == "written":
-            count("SnapshotErrors")
+            self.store.delete_publication(publication.state_key)
+        count("ManifestsWithdrawn")
+        logger.info(
+            "manifest withdrawn",
+            extra={
+                "omi": group.name,
+                "manifest": target,
+                "change": f"{group.name}: withdrawn {target}",
+            },
+        )
+
+    def _write_statuses(self, statuses: dict[str, str], record_tags: dict[str, str]) -> set[str]:
+        """Write each status that differs, merged into tags read just before."""
+        drifted = set()
+        for key, status in sorted(statuses.items()):
+            outcome, current = self.store.set_tag(key, convention.STATUS, status)
+            if current is not None and tags_hash(convention.user_tags(current)) != record_tags.get(
+                key
+            ):
+                drifted.add(key)
+            if outcome == "full":
+                logger.warning(
+                    "status not written: the object already has 10 tags",
+                    extra={"key": key, "status": status},
+                )
+            elif outcome == "written":
+                extra = {"key": key, "status": status}
+                if not status.startswith("published:"):  # the OMI's own line says it
+                    extra["change"] = f"{key}: {status}"
+                logger.info("status written", extra=extra)
+                if status.startswith("error:"):
+                    count("SnapshotErrors")
+        return drifted
+
+
+def current_markers(markers: list[Marker]) -> list[Marker]:
+    """One record per snapshot: while a replacement is under way a snapshot can show two;
+    the newest stands, and the worker replacing it evaluates again once it is done."""
+    newest: dict[str, Marker] = {}
+    for marker in sorted(markers, key=lambda m: (m.modified, m.state_key)):
+        newest[marker.key_hash] = marker
+    return sorted(newest.values(), key=lambda m: m.state_key)

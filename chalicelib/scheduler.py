@@ -1,8 +1,13 @@
 """The scheduled pass: re-sign manifests before their URLs expire, and repair what events missed.
 
 Its cost follows the work, not the bucket: due manifests come from a sorted
-listing that stops at the first one not due, and reconciling compares two
-listings (one request per 1,000 objects each) before touching any object.
+listing that stops at the first one not due, and reconciling compares listings
+(one request per 1,000 objects each) before touching any object. Tags are not
+in listings: the members of OMIs that are waiting or in error have theirs read
+every pass (that is where a fix by retagging is expected); every other object's
+are read once every ``tag_rounds`` passes, a slice at a time.
+
+A pass over a bucket where nothing changed reads and writes nothing else.
 """
 
 from __future__ import annotations
@@ -16,10 +21,9 @@ from datetime import timedelta
 from functools import partial
 
 from . import convention
-from .inspection import declared_format
 from .observability import count, logger
-from .pipeline import Pipeline
-from .store import Expiry, Marker, key_hash, listing_state, membership_digest
+from .pipeline import Pipeline, current_markers
+from .store import Group, Listed, Marker, ObjectState, key_hash, listing_state, membership_digest
 
 WORKERS = 8
 SAFETY_MARGIN = 30.0  # seconds left when the pass stops starting new work (at most)
@@ -32,12 +36,17 @@ OUTCOME_METRICS = {
 }
 
 TimeLeft = Callable[[], float]
+Step = tuple[Callable[[], object], str, str]
 
 
 @dataclass
 class PassReport:
     outcomes: Counter[str] = field(default_factory=Counter)
     unfinished: bool = False
+
+    @property
+    def failed(self) -> int:
+        return self.outcomes["failed"]
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -48,6 +57,11 @@ class PassReport:
 
 def _forever() -> float:
     return float("inf")
+
+
+def in_slice(hashed: str, slot: int, rounds: int) -> bool:
+    """Whether this pass reads the tags of the object with this key hash."""
+    return rounds <= 1 or int(hashed[:8], 16) % rounds == slot % rounds
 
 
 class Pass:
@@ -66,23 +80,17 @@ class Pass:
         self.renew_before = renew_before
         self.time_left = time_left
         self.workers = workers
-        self.check_tags = check_tags
+        settings = pipeline.settings
+        self.tag_rounds = 1 if check_tags else settings.tag_rounds
         self.report = PassReport()
         self.margin = SAFETY_MARGIN
+        self.now = pipeline.clock()
+        self.slot = int(self.now.timestamp() // settings.pass_interval)
 
     def run(self) -> PassReport:
         started = time.monotonic()
         self.margin = min(SAFETY_MARGIN, self.time_left() * MARGIN_SHARE)
-        cutoff = self.pipeline.clock() + timedelta(seconds=self.renew_before)
-        phases = (
-            lambda: [
-                (partial(self._renew_one, marker, name), "renewed", name)
-                for marker, name in self.store.due(cutoff)
-            ],
-            self._object_work,
-            self._group_work,
-        )
-        for find_work in phases:
+        for find_work in (self._due_work, self._object_work, self._group_work):
             if self.report.unfinished:
                 break
             try:
@@ -101,10 +109,10 @@ class Pass:
         )
         return self.report
 
-    def _run_all(self, steps: Iterable[tuple[Callable[[], object], str, str]]) -> None:
+    def _run_all(self, steps: Iterable[Step]) -> None:
         """Run (step, outcome, label) on a bounded pool; one failure does not stop the rest."""
 
-        def guarded(item: tuple[Callable[[], object], str, str]) -> str:
+        def guarded(item: Step) -> str:
             step, outcome, label = item
             if self.time_left() < self.margin:
                 self.report.unfinished = True
@@ -120,81 +128,164 @@ class Pass:
             for outcome in pool.map(guarded, steps):
                 self.report.outcomes[outcome] += 1
 
-    def _renew_one(self, expiry_marker: str, name: str) -> str:
-        published = self.store.read_published(name)
-        if published is None or published.get("expiry_marker") != expiry_marker:
-            # Left by a withdrawal, a race or a publication that failed half-way:
-            # drop it, and let the OMI's own state decide.
-            self.store.delete_expiry(expiry_marker)
+    # --- re-signing ------------------------------------------------------------------
+
+    def _due_work(self) -> list[Step]:
+        cutoff = self.now + timedelta(seconds=self.renew_before)
+        return [
+            (partial(self._renew_one, marker, name, digest), "renewed", name)
+            for marker, name, digest in self.store.due(cutoff)
+        ]
+
+    def _renew_one(self, expiry_marker: str, name: str, digest: str) -> str:
+        group = self.store.read_group(name)
+        if group.published is None or group.published.digest != digest:
+            # Left by a withdrawal or a republication that did not finish: the group's
+            # own records decide, and the group phase drops the stale entry.
             self.pipeline.evaluate(name)
             return "stale"
-        if (self.store.tags(published["manifest"]) or {}).get(convention.RENEW) == "false":
+        target = self.pipeline.manifest_key(name)
+        if (self.store.tags(target) or {}).get(convention.RENEW) == "false":
             return "not renewed: omi:renew=false"
         return self.pipeline.renew(name)
 
-    def _object_work(self) -> list[tuple[Callable[[], object], str, str]]:
-        """Objects whose state does not match the bucket, found from listings alone."""
-        markers = self.store.list_all_markers()
+    # --- objects ---------------------------------------------------------------------
+
+    def _object_work(self) -> list[Step]:
+        """Objects whose records do not match the bucket, found from listings; and, for a
+        slice of the rest, tag changes that no event reported."""
+        states = self.store.all_object_states()
+        groups = self.store.list_groups()
         by_hash: dict[str, list[Marker]] = defaultdict(list)
-        by_group: dict[str, list[Marker]] = defaultdict(list)
-        for marker in markers:
-            by_hash[marker.key_hash].append(marker)
-            by_group[marker.group].append(marker)
-        indexed = self.store.list_index_hashes()
-        work: list[tuple[Callable[[], object], str, str]] = []
+        for group in groups.values():
+            for marker in group.markers:
+                by_hash[marker.key_hash].append(marker)
+        unpublished = {name for name, group in groups.items() if group.published is None}
+        work: list[Step] = []
         present: set[str] = set()
         for listed in self.store.list_objects(self.pipeline.settings.reserved_prefixes):
             hashed = key_hash(listed.key)
             present.add(hashed)
-            found = by_hash.get(hashed, [])
+            state = states.get(hashed, ObjectState(hashed))
+            markers = by_hash.get(hashed, [])
             refresh = partial(self.pipeline.refresh, listed.key)
-            if not found and declared_format(listed.key) is not None:
+            if state.empty and not markers:
+                if convention.candidate_by_name(listed.key):
+                    work.append((refresh, "reconciled", listed.key))
+                elif in_slice(hashed, self.slot, self.tag_rounds):
+                    work.append(
+                        (partial(self._check_tags, listed.key, None), "checked", listed.key)
+                    )
+            elif not _consistent(listed, state, markers):
                 work.append((refresh, "reconciled", listed.key))
-            elif found and (
-                len(found) > 1 or found[0].etag != listed.etag or hashed not in indexed
+            elif next(iter(state.groups)) not in unpublished and in_slice(
+                hashed, self.slot, self.tag_rounds
             ):
-                # Changed without an event, or processing that did not finish.
-                work.append((partial(refresh, force=True), "reconciled", listed.key))
-            elif self.check_tags:
-                work.append((refresh, "checked", listed.key))
-        for hashed, found in by_hash.items():
-            if hashed not in present:
-                for marker in found:
-                    work.append((partial(self.pipeline.forget, marker), "reconciled", marker.group))
-        for hashed in indexed - present - by_hash.keys():
-            self.store.delete_index_hash(hashed)
-            self.report.outcomes["orphan state removed"] += 1
+                work.append((partial(self._check_tags, listed.key, state), "checked", listed.key))
+        for hashed in (states.keys() | by_hash.keys()) - present:
+            state = states.get(hashed, ObjectState(hashed))
+            forget = partial(self.pipeline.forget, hashed, state, by_hash.get(hashed, []))
+            work.append((forget, "reconciled", hashed))
         return work
 
-    def _group_work(self) -> list[tuple[Callable[[], object], str, str]]:
-        """OMIs published when they should not be, or not as their members now are;
-        listed after the objects were repaired."""
-        by_group: dict[str, list[Marker]] = defaultdict(list)
-        for marker in self.store.list_all_markers():
-            by_group[marker.group].append(marker)
-        published: dict[str, list[Expiry]] = defaultdict(list)
-        for expiry in self.store.list_expiry():
-            published[expiry.group].append(expiry)
-        work: list[tuple[Callable[[], object], str, str]] = []
-        for group in by_group.keys() | published.keys():
-            current = self._current_digest(by_group.get(group, []))
-            entries = published.get(group, [])
-            if current is None and not entries:
-                continue
-            if current is not None and [e.digest for e in entries] == [current]:
-                continue
-            stale = [e.state_key for e in entries if e.digest != current]
-            work.append((partial(self._repair_group, group, stale), "reconciled", group))
+    def _check_tags(self, key: str, state: ObjectState | None) -> str:
+        """Read one object's tags: refresh it if they changed since it was processed, or
+        if its status is not what its OMI says."""
+        facts = self.pipeline.facts(key)
+        if state is None:
+            if facts.group is None:
+                return "checked"
+            self.pipeline.refresh(key)
+            return "reconciled"
+        if not facts.finished_in(state):
+            self.pipeline.refresh(key)
+            return "reconciled"
+        expected = convention.status_published(self.pipeline.manifest_key(facts.group or ""))
+        if facts.tags.get(convention.STATUS) != expected:
+            self.pipeline.evaluate(facts.group or "")
+            return "reconciled"
+        return "checked"
+
+    # --- OMIs ------------------------------------------------------------------------
+
+    def _group_work(self) -> list[Step]:
+        """OMIs to evaluate: every one that is waiting or in error (their statuses and tags
+        are checked each pass), published ones whose records disagree with the publication
+        or whose manifest is missing; expiry entries and manifests that no publication
+        accounts for."""
+        groups = self.store.list_groups()
+        settings = self.pipeline.settings
+        manifests = {key for key, _ in self.store.list_keys(settings.manifest_prefix)}
+        owners = {self.pipeline.manifest_key(name): name for name in groups}
+        expected: dict[str, str] = {}
+        work: list[Step] = []
+        for name, group in groups.items():
+            if self._needs_evaluation(group):
+                work.append((partial(self._evaluate, name), "evaluated", name))
+            elif group.published is not None:
+                published = group.published
+                expected[self.store.expiry_key(name, published.expires, published.digest)] = name
+                if self.pipeline.manifest_key(name) not in manifests:
+                    work.append((partial(self.pipeline.renew, name), "refreshed", name))
+        entries = {key for key, _ in self.store.list_keys(f"{settings.state_prefix}expiry/")}
+        for marker, name in expected.items():
+            if marker not in entries:
+                work.append((partial(self.store.write_expiry, marker), "reconciled", name))
+        for marker in entries - expected.keys():
+            work.append((partial(self._drop_expiry, marker), "reconciled", marker))
+        accounted = {self.pipeline.manifest_key(name) for name in expected.values()}
+        for key in manifests - accounted:
+            drop = partial(self._drop_manifest, key, owners.get(key))
+            work.append((drop, "reconciled", key))
         return work
 
-    def _repair_group(self, group: str, stale_expiry: list[str]) -> None:
-        self.pipeline.evaluate(group)
-        for key in stale_expiry:
-            self.store.delete_expiry(key)
+    def _drop_expiry(self, marker: str) -> str:
+        """An expiry entry no publication accounts for, unless one does by now."""
+        name, _ = self.store.parse_expiry(marker)
+        published = self.store.read_group(name).published
+        if published is not None and marker == self.store.expiry_key(
+            name, published.expires, published.digest
+        ):
+            return "checked"
+        self.store.delete_expiry(marker)
+        return "reconciled"
 
-    @staticmethod
-    def _current_digest(markers: list[Marker]) -> str | None:
-        """The digest a publication of these members would carry; None if not publishable."""
+    def _drop_manifest(self, key: str, name: str | None) -> str:
+        """A manifest no publication accounts for (a publication or withdrawal that did
+        not finish): the OMI is evaluated if it may be publishable, else it goes."""
+        group = self.store.read_group(name) if name is not None else None
+        if group is not None and group.published is not None:
+            return "checked"
+        if group is not None and listing_state(current_markers(group.markers))[0] == "complete":
+            self.pipeline.evaluate(group.name)
+            return "reconciled"
+        self.store.delete_manifest(key)
+        return "reconciled"
+
+    def _needs_evaluation(self, group: Group) -> bool:
+        markers = current_markers(group.markers)
+        if group.published is None or not markers or len(group.publications) > 1:
+            return True
         if listing_state(markers)[0] != "complete":
-            return None
-        return membership_digest([(marker.key_hash, marker.etag) for marker in markers])
+            return True
+        return membership_digest(markers) != group.published.digest
+
+    def _evaluate(self, name: str) -> str:
+        drifted = self.pipeline.evaluate(name)
+        for key in sorted(drifted):
+            self.pipeline.refresh(key)
+        return "reconciled" if drifted else "evaluated"
+
+
+def _consistent(listed: Listed, state: ObjectState, markers: list[Marker]) -> bool:
+    """The object was processed as it now is, as far as listings can tell: filed in one
+    group, finished for its current content, with one record there of that content."""
+    if len(state.groups) != 1 or len(state.done) != 1 or len(markers) != 1:
+        return False
+    (etag, tags), marker = next(iter(state.done)), markers[0]
+    return (
+        etag == listed.etag
+        and marker.etag == listed.etag
+        and marker.tags == tags
+        and marker.group in state.groups
+    )

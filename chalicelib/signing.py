@@ -124,7 +124,10 @@ def format_expiry(moment: datetime) -> str:
 
 
 class UrlDoesNotFit(Exception):
-    """The URL cannot be stored in the tags an object may carry."""
+    """The URL cannot be stored in the tags an object may carry.
+
+    It carries no part of the URL: a logged traceback must never show a signature or token.
+    """
 
 
 def url_to_tags(url: str, expires_at: datetime, room: int = MAX_TAGS) -> dict[str, str]:
@@ -142,7 +145,7 @@ def url_to_tags(url: str, expires_at: datetime, room: int = MAX_TAGS) -> dict[st
             tags[TOKEN_TAG if index == 1 else f"{TOKEN_TAG}.{index}"] = piece
     tags[SIGNATURE] = params[SIGNATURE]
     if len(tags) > room or any(len(v) > TAG_VALUE_LIMIT for v in tags.values()):
-        raise UrlDoesNotFit(url)
+        raise UrlDoesNotFit(f"{len(tags)} tags needed, room for {room}") from None
     return tags
 
 
