@@ -21,7 +21,7 @@ from hashlib import sha256
 from . import convention, manifest, signing
 from .config import Settings
 from .grouping import ImageSpec, Member, plan_group
-from .inspection import inspect_snapshot
+from .inspection import declared_format, inspect_snapshot
 from .notifications import ObjectChange
 from .observability import count, logger
 from .store import (
@@ -37,6 +37,7 @@ from .store import (
 
 LONG_TERM_KEYS_NEEDED = "signing needs long-term keys - configure the signing secret"
 SAFE_MANIFEST_NAME = re.compile(r"[A-Za-z0-9_./\-]+")
+SIZING_MARGIN = 30.0  # seconds to record the result after sizing a raw.gz
 ROUNDS = 5  # re-reads before giving up on a world that keeps moving (another worker finishes)
 
 Clock = Callable[[], datetime]
@@ -58,6 +59,14 @@ def manifest_key(prefix: str, name: str) -> str:
 
 class StillChanging(RuntimeError):
     """The object or group changed on every re-read: the invocation fails and is retried."""
+
+
+class Postponed(RuntimeError):
+    """Not enough time left in this invocation to size a raw.gz: the next one does it."""
+
+
+def _forever() -> float:
+    return float("inf")
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,7 @@ class Pipeline:
     settings: Settings
     keys: KeysProvider
     clock: Clock = utc_now
+    time_left: Callable[[], float] = _forever  # seconds this invocation has left
 
     # --- events ----------------------------------------------------------------
 
@@ -219,6 +229,7 @@ class Pipeline:
         settings = facts.settings
         content = self._earlier_inspection(facts, records)
         if content is None:
+            self._check_time_for(facts)
             found = inspect_snapshot(
                 self.store.reader(facts.info),
                 facts.key,
@@ -247,6 +258,17 @@ class Pipeline:
             settings=settings,
             content_problems=content_problems,
         )
+
+    def _check_time_for(self, facts: Facts) -> None:
+        """Sizing a raw.gz streams the whole file for up to the sizing ceiling; an
+        invocation with less time left than that leaves it to the next one rather than
+        be stopped half-way (the scheduled pass has done other work first)."""
+        hinted = facts.settings is not None and facts.settings.size_hint is not None
+        if declared_format(facts.key) != "raw.gz" or hinted:
+            return
+        needed = self.settings.ceilings.max_seconds + SIZING_MARGIN
+        if self.time_left() < needed:
+            raise Postponed(f"{facts.key}: {needed:.0f} s needed to size it")
 
     def _earlier_inspection(
         self, facts: Facts, records: list[Marker]

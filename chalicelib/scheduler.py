@@ -16,13 +16,13 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from functools import partial
 
 from . import convention
 from .observability import count, logger
-from .pipeline import Pipeline, current_markers
+from .pipeline import Pipeline, Postponed, current_markers
 from .store import Group, Listed, Marker, ObjectState, key_hash, listing_state, membership_digest
 
 WORKERS = 8
@@ -75,7 +75,7 @@ class Pass:
         workers: int = WORKERS,
         check_tags: bool = False,
     ) -> None:
-        self.pipeline = pipeline
+        self.pipeline = replace(pipeline, time_left=time_left)
         self.store = pipeline.store
         self.renew_before = renew_before
         self.time_left = time_left
@@ -119,6 +119,10 @@ class Pass:
                 return "postponed"
             try:
                 found = step()
+            except Postponed as postponed:
+                logger.info("postponed to the next pass", extra={"reason": str(postponed)})
+                self.report.unfinished = True
+                return "postponed"
             except Exception:
                 logger.exception("pass step failed", extra={"item": label})
                 return "failed"

@@ -142,3 +142,13 @@ def test_two_passes_at_once_leave_valid_manifests_and_no_duplicates(omi, samples
     for name in manifests:
         assert manifest.validate(omi.manifest(name)) == []
         sigv4.verify(omi.manifest_url(name), omi.keys.secret_key, omi.now)
+
+
+def test_pass_short_of_time_postpones_sizing_a_raw_gz_instead_of_failing_it(omi, samples):
+    omi.put("late/sda1.raw.gz", samples["raw.gz"])  # no event: the pass finds it
+    ceiling = omi.pipeline.settings.ceilings.max_seconds
+    report = run_pass(omi, time_left=lambda: ceiling)  # less than sizing may take
+    assert report.outcomes["postponed"] == 1 and report.unfinished
+    assert "omi:status" not in omi.tags("late/sda1.raw.gz")
+    report = run_pass(omi)
+    assert omi.status("late/sda1.raw.gz") == "published: manifests/late.json"
