@@ -29,6 +29,7 @@ from .store import (
     Marker,
     ObjectInfo,
     ObjectState,
+    Publication,
     Store,
     key_hash,
     membership_digest,
@@ -201,11 +202,12 @@ class Pipeline:
             for group in sorted(earlier)
             for marker in self.store.records_of(group, facts.key)
         ]
-        own = None
+        own, known = None, {}
         if target is not None:
             touched.add(target)
             member = self._member(facts, records)
             own = self.store.write_member(target, member, facts.tags_hash)
+            known[own] = member
             logger.info(
                 "snapshot recorded",
                 extra={"key": facts.key, "omi": target, "problems": list(member.problems)},
@@ -214,7 +216,7 @@ class Pipeline:
             if marker.state_key != own:
                 self.store.delete_marker(marker.state_key)
         for group in sorted(earlier | ({target} if target is not None else set())):
-            self.evaluate(group)
+            self.evaluate(group, known)
         for group in state.groups - {target}:
             self.store.delete_group_entry(hashed, group)
         done = (facts.etag, facts.tags_hash) if target is not None else None
@@ -295,30 +297,38 @@ class Pipeline:
 
     # --- one OMI ---------------------------------------------------------------
 
-    def evaluate(self, name: str) -> set[str]:
+    def evaluate(self, name: str, known: dict[str, Member] | None = None) -> set[str]:
         """Derive one OMI's manifest (or none) and every member's status from its current
         records; write what differs; re-list, and go round again if a member changed.
 
-        Returns the members whose user tags no longer match their record (a tag change
-        whose processing is still to come): the scheduled pass refreshes them.
+        ``known`` holds records this invocation just wrote (a record's key names its
+        content, so one listed under that key need not be read back). Returns the
+        members whose user tags no longer match their record (a tag change whose
+        processing is still to come): the scheduled pass refreshes them.
         """
         for _ in range(ROUNDS):
             group = self.store.read_group(name)
             markers = current_markers(group.markers)
-            members = self._read_members(markers)
+            members = self._read_members(markers, known)
             if members is None:
                 continue  # a record went away between listing and reading: list again
             statuses = self._decide(group, markers, members)
             drifted = self._write_statuses(statuses, {m.key: mk.tags for m, mk in members})
-            if self.store.read_group(name).listing == group.listing:
+            after = self.store.read_group(name)
+            if after.listing == group.listing:
+                if len(after.publications) > 1 and after.published is not None:
+                    # Two workers published the same members at once: keep the later.
+                    self._drop_superseded(after, after.published)
                 return drifted
             logger.info("group changed while it was evaluated", extra={"omi": name})
         raise StillChanging(f"OMI {name} changed on every one of {ROUNDS} listings")
 
-    def _read_members(self, markers: list[Marker]) -> list[tuple[Member, Marker]] | None:
+    def _read_members(
+        self, markers: list[Marker], known: dict[str, Member] | None = None
+    ) -> list[tuple[Member, Marker]] | None:
         members = []
         for marker in markers:
-            member = self.store.read_member(marker.state_key)
+            member = (known or {}).get(marker.state_key) or self.store.read_member(marker.state_key)
             if member is None:
                 return None
             members.append((member, marker))
@@ -334,10 +344,7 @@ class Pipeline:
             return plan.statuses
         digest = membership_digest(markers)
         if group.published is not None and group.published.digest == digest:
-            current = group.published
-            self._drop_superseded(
-                group, current.state_key, self.store.expiry_key(group.name, current.expires, digest)
-            )
+            self._drop_superseded(group, group.published)
             status = convention.status_published(self.manifest_key(group.name))
             return {s.key: status for s in plan.image.snapshots}
         return self._publish(group, plan.image, digest)
@@ -386,7 +393,7 @@ class Pipeline:
         self.store.put_manifest(target, manifest.render(document), tags)
         self.store.write_expiry(expiry_marker)
         self.store.write_publication(publication)
-        self._drop_superseded(group, publication, expiry_marker)
+        self._drop_superseded(group, Publication.parse(publication))
         count("ManifestsPublished")
         shown = signing.format_expiry(expires_at)
         logger.info(
@@ -402,11 +409,12 @@ class Pipeline:
         status = convention.status_published(target)
         return {s.key: status for s in image.snapshots}
 
-    def _drop_superseded(self, group: Group, publication: str, expiry_marker: str) -> None:
-        """The records of earlier publications, once a later one is written: each expiry
-        entry before its publication record, so that a failure leaves a record to redo it."""
+    def _drop_superseded(self, group: Group, kept: Publication) -> None:
+        """The records of other publications than ``kept``: each expiry entry before its
+        publication record, so that a failure leaves a record to redo it."""
+        expiry_marker = self.store.expiry_key(group.name, kept.expires, kept.digest)
         for earlier in group.publications:
-            if earlier.state_key == publication:
+            if earlier.state_key == kept.state_key:
                 continue
             old_expiry = self.store.expiry_key(group.name, earlier.expires, earlier.digest)
             if old_expiry != expiry_marker:
