@@ -25,7 +25,7 @@ from chalicelib.config import Settings
 from chalicelib.local.server import CREDENTIAL, EmbeddedServer, s3_operation
 from chalicelib.notifications import ObjectChange
 
-TIMEOUT = 60.0  # a pause or a thread that takes this long is a hang, not a slow machine
+TIMEOUT = 120.0  # a pause or a thread that takes this long is a hang, not a slow machine
 WRITE_OPERATIONS = frozenset(
     {
         "PutObject",
@@ -69,8 +69,8 @@ Match = Callable[[Call], bool]
 
 def on(operation: str | None = None, key: str | None = None) -> Match:
     """Calls of ``operation`` (any when None) on ``key`` (any when None)."""
-    return lambda call: (operation is None or call.operation == operation) and (
-        key is None or call.key == key
+    return lambda call: (
+        (operation is None or call.operation == operation) and (key is None or call.key == key)
     )
 
 

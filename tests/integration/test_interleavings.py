@@ -107,9 +107,9 @@ class Scene:
             for manifest_key in self.manifests()
             if any(
                 snap["Filename"] == key
-                for snap in self.manifest(manifest_key[len("manifests/") : -len(".json")])[
-                    "Image"
-                ]["Snapshots"]
+                for snap in self.manifest(manifest_key[len("manifests/") : -len(".json")])["Image"][
+                    "Snapshots"
+                ]
             )
         ]
 
@@ -372,9 +372,9 @@ def live(served, monkeypatch):
 def drain(pump: NotificationPump) -> list[dict[str, Any]]:
     """Take every notification waiting in the queue."""
     taken = []
-    while batch := pump.sqs.receive_message(
-        QueueUrl=pump.queue_url, MaxNumberOfMessages=10
-    ).get("Messages", []):
+    while batch := pump.sqs.receive_message(QueueUrl=pump.queue_url, MaxNumberOfMessages=10).get(
+        "Messages", []
+    ):
         for message in batch:
             taken.append(json.loads(message["Body"]))
             pump.sqs.delete_message(QueueUrl=pump.queue_url, ReceiptHandle=message["ReceiptHandle"])
@@ -502,7 +502,7 @@ def test_passes_over_an_unchanged_bucket_make_no_write_requests(live, samples, c
         run()
         writes[name] = [(r.operation, r.path) for r in live.log.writes(PIPELINE_KEY)]
     capsys.readouterr()
-    assert writes == dict.fromkeys(passes, [])
+    assert writes == {name: [] for name in passes}
 
 
 # --- 8. lost events repaired by the scheduled pass ------------------------------------------
