@@ -314,12 +314,14 @@ class RequestLog:
         with self._lock:
             self.requests.clear()
 
-    def by(self, caller: str) -> list[Request]:
+    def besides(self, user: str) -> list[Request]:
+        """The requests of every caller but ``user``: the pipeline's, whatever identity
+        its clients resolved."""
         with self._lock:
-            return [r for r in self.requests if r.caller == caller]
+            return [r for r in self.requests if r.caller != user]
 
-    def writes(self, caller: str) -> list[Request]:
-        return [r for r in self.by(caller) if r.operation in SERVER_WRITES]
+    def writes_besides(self, user: str) -> list[Request]:
+        return [r for r in self.besides(user) if r.operation in SERVER_WRITES]
 
 
 def _operation(method: str, query: str, environ: dict[str, Any]) -> str:
