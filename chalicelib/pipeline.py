@@ -466,10 +466,14 @@ class Pipeline:
     def _withdraw(self, group: Group) -> None:
         """Take down a published manifest, if there is one. The publication record goes
         last: if a step fails, the group still says published and the next evaluation
-        finishes the withdrawal."""
-        if not group.publications:
-            return
+        finishes the withdrawal. With no record, a manifest left by a publication that
+        failed before its record is looked for (a read) and deleted only if it is there."""
         target = self.manifest_key(group.name)
+        if not group.publications:
+            if group.name and self.store.head(target) is not None:
+                self.store.delete_manifest(target)
+                logger.info("unfinished publication removed", extra={"omi": group.name})
+            return
         self.store.delete_manifest(target)
         for publication in group.publications:
             self.store.delete_expiry(
