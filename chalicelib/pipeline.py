@@ -147,12 +147,13 @@ class Pipeline:
                 "importable": found.importable,
             },
         )
+        limits = convention.volume_problems(settings.volume_type, settings.iops, found.virtual_size)
         return Member(
             key=info.key,
             etag=info.etag,
             compressed_size=info.size,
             virtual_size=found.virtual_size,
-            problems=settings.problems + found.problems,
+            problems=(*settings.problems, *found.problems, *limits),
             settings=settings,
         )
 
