@@ -127,11 +127,16 @@ def default_name(key: str) -> str | None:
 
 
 def device_from_key(key: str) -> str | None:
-    """``/dev/sda1`` from ``…/sda1.qcow2`` when the file is named after a device."""
+    """``/dev/sdb`` from ``…/sdb.qcow2`` when the file is named after a device.
+
+    The first disk may be named ``sda`` or ``sda1``: OUTSCALE calls it ``/dev/sda1``.
+    """
     stem = basename(key)
     suffix = image_suffix(stem)
     if suffix:
         stem = stem[: -len(suffix) - 1]
+    if stem == "sda":
+        return ROOT_DEVICE
     return f"/dev/{stem}" if STEM_PATTERN.fullmatch(stem) else None
 
 
@@ -187,9 +192,7 @@ def read_settings(
     volume_type = _as_choice(tags, "volume-type", VOLUME_TYPES, problems) or defaults.volume_type
     iops = _as_int(tags, "iops", problems, least=1)
     if volume_type == "io1" and iops is None:
-        problems.append(
-            f"omi:volume-type io1 needs omi:iops - set omi:iops to {MIN_IOPS} to {MAX_IOPS}"
-        )
+        problems.append("omi:volume-type io1 needs omi:iops - set omi:iops to a whole number")
     if volume_type != "io1" and iops is not None:
         problems.append(f"omi:iops is only for io1 volumes - this one is {volume_type}")
     dot = _as_choice(tags, "delete-on-termination", ("true", "false"), problems)

@@ -27,8 +27,6 @@ from .signatures import (
     QCOW_MAGIC,
     RAW,
     TAIL_BYTES,
-    VOLUME_DESCRIPTOR_BYTES,
-    VOLUME_DESCRIPTORS_AT,
     Match,
     Probe,
     detect,
@@ -107,7 +105,7 @@ def inspect_snapshot(
     head = reader.read_at(0, HEAD_BYTES)
     if head[:2] == GZIP_MAGIC:
         return _result(reader, _inspect_gzip(reader, head, named, size_hint, progress, ceilings))
-    probe = Probe(head, reader.read_at(VOLUME_DESCRIPTORS_AT, VOLUME_DESCRIPTOR_BYTES))
+    probe = Probe(head)
     found = detect(probe)
     if _is_raw(found) and reader.size >= TAIL_BYTES:
         probe = replace(probe, tail=read_tail(reader, TAIL_BYTES))
@@ -172,10 +170,7 @@ def _inspect_gzip(
         return Content("gzip", None, [prefix.problem])
     data = prefix.data
     read_at = _prefix_reader(prefix)
-    probe = Probe(
-        data[:HEAD_BYTES],
-        data[VOLUME_DESCRIPTORS_AT : VOLUME_DESCRIPTORS_AT + VOLUME_DESCRIPTOR_BYTES],
-    )
+    probe = Probe(data[:HEAD_BYTES])
     found = detect(probe)
     if prefix.complete:
         if len(data) >= TAIL_BYTES:
@@ -255,7 +250,7 @@ def _prefix_wanted(content: bytes) -> int:
     """A qcow2 needs its header area and its L1 table; anything else its signature regions."""
     if not content or content.startswith(QCOW_MAGIC):
         return min(max(QCOW2_PREFIX, l1_table_end(content)), QCOW2_PREFIX_LIMIT)
-    return VOLUME_DESCRIPTORS_AT + VOLUME_DESCRIPTOR_BYTES
+    return HEAD_BYTES
 
 
 def _prefix_reader(prefix: gzipped.Prefix) -> ReadAt:

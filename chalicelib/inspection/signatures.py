@@ -19,12 +19,13 @@ from dataclasses import dataclass
 
 from .result import safe_name
 
-HEAD_BYTES = 4096
 TAIL_BYTES = 512
 # ISO 9660 and UDF start their volume recognition sequence at 32 KiB, one descriptor
 # per 2048-byte sector (ECMA-119 8.1, ECMA-167 2/8.3).
 VOLUME_DESCRIPTORS_AT = 32 * 1024
 VOLUME_DESCRIPTOR_BYTES = 2048
+# The first read takes every region the signatures look at but the tail: one request.
+HEAD_BYTES = VOLUME_DESCRIPTORS_AT + VOLUME_DESCRIPTOR_BYTES
 VOLUME_IDENTIFIERS = {
     b"CD001": "an ISO 9660 CD or DVD image",
     b"BEA01": "a UDF DVD image",
@@ -50,14 +51,18 @@ DECOMPRESS = (
 class Probe:
     """The regions every signature looks at.
 
-    ``head`` is the first bytes of the content, ``descriptors`` the sector at
-    32 KiB (empty when the content is shorter), ``tail`` the last 512 bytes
-    when they are known (they are not for a gzip stream that was not inflated).
+    ``head`` is the first bytes of the content (``HEAD_BYTES``, or all of a
+    shorter file), ``tail`` the last 512 bytes when they are known (they are
+    not for a gzip stream that was not inflated).
     """
 
     head: bytes
-    descriptors: bytes = b""
     tail: bytes | None = None
+
+    @property
+    def descriptors(self) -> bytes:
+        """The sector at 32 KiB: the first volume descriptor of an ISO 9660 or UDF image."""
+        return self.head[VOLUME_DESCRIPTORS_AT : VOLUME_DESCRIPTORS_AT + VOLUME_DESCRIPTOR_BYTES]
 
 
 @dataclass(frozen=True)

@@ -154,7 +154,7 @@ def test_device_names_outscale_refuses(device):
         ("web/xvdc.raw.gz", "/dev/xvdc"),
         ("web/sdba.qcow2", "/dev/sdba"),
         ("web/sdab.qcow2", None),
-        ("web/sda.qcow2", None),
+        ("web/sda.qcow2", "/dev/sda1"),
         ("web/vdb.qcow2", None),
         ("web/sdb1.raw", None),
     ],
