@@ -124,3 +124,46 @@ def test_l1_entry_past_the_end(qcow2_with_data):
         f"qcow2 is truncated: L1 entry 0 points to byte {1 << 40} past the end of the file at "
         f"{size} - upload the whole file again",
     )
+
+
+REPAIR = "the partition table is damaged - repair it with fdisk or gdisk"
+
+
+def hybrid_mbr(path):
+    """A GPT's protective MBR with a second, DOS partition beside it (a "hybrid MBR")."""
+    images.mbr(path, gpt=True)
+    entry = struct.pack("<B3BB3BII", 0, 0, 0, 0, 0x83, 0, 0, 0, 2048, 2048)
+    return images.patch(path, 446 + 16, entry)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda path: images.mbr(path, boot_flag=0x12),
+            f"raw disk MBR entry 0 has an invalid boot flag 0x12 - {REPAIR}",
+        ),
+        (hybrid_mbr, f"raw disk GPT protective MBR has other partitions beside it - {REPAIR}"),
+        (
+            lambda path: images.patch(images.mbr(path, gpt=True), 446 + 8, struct.pack("<I", 2)),
+            f"raw disk GPT protective MBR entry 0 is not at sector 1 - {REPAIR}",
+        ),
+        (
+            lambda path: images.patch(images.mbr(path), 446, bytes(16)),
+            f"raw disk has a boot sector signature but no partitions - {REPAIR}",
+        ),
+    ],
+    ids=["boot-flag", "hybrid", "protective-start", "no-partitions"],
+)
+def test_partition_tables_no_firmware_accepts(tmp_path, build, message):
+    assert problems_of(build(tmp_path / "sda1.raw")) == (message,)
+
+
+def test_fat_boot_record_is_not_taken_for_a_partition_table(tmp_path):
+    """A disk that is one FAT volume has the boot signature but no partition table."""
+    path = images.mbr(tmp_path / "sda1.raw")
+    images.patch(path, 0x10, b"\x02")
+    images.patch(path, 0x15, b"\xf8")
+    images.patch(path, 446, bytes(64))
+    found = inspect_snapshot(FileReader(path), path.name)
+    assert found.importable, found.problems
