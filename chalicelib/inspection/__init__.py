@@ -178,7 +178,7 @@ def _inspect_gzip(
         content = _inspect_content(detect(probe), probe, read_at, len(data), named, True)
         return replace(content, details={**content.details, "sized_by": "stream"})
     if [match.name for match in found] == ["qcow2"]:
-        return _inspect_qcow2_gz(reader, found, probe, read_at, named)
+        return _inspect_qcow2_gz(reader, found, probe, prefix, named)
     if not _is_raw(found):
         return _inspect_content(found, probe, read_at, None, named, True)
     if size_hint is not None:
@@ -197,19 +197,31 @@ def _inspect_gzip(
 
 
 def _inspect_qcow2_gz(
-    reader: Reader, found: list[Match], probe: Probe, read_at: ReadAt, named: str | None
+    reader: Reader, found: list[Match], probe: Probe, prefix: gzipped.Prefix, named: str | None
 ) -> Content:
     """A qcow2 inside gzip: header rules on the prefix, length checked against the trailer.
 
     Below 4 MiB of gzip the trailer gives the content's length exactly, and the
     qcow2 is then held to the same rules as an uncompressed one; otherwise its
     length must at least be possible for what its header and L1 table point to.
+    A first member that ended within the prefix leaves the trailer to another
+    member, so it is not used then.
     """
+    read_at = _prefix_reader(prefix)
     content = _inspect_content(found, probe, read_at, None, named, True)
     isize = gzipped.read_trailer_size(reader)
-    if content.problems or isize is None:
+    if content.problems or isize is None or prefix.first_member_ended:
         return content
     exact = gzipped.candidate_lengths(isize, reader.size, 0)
+    if len(exact) == 1 and exact[0] < len(prefix.data):
+        return replace(
+            content,
+            problems=[
+                f"gzip trailer records {isize} bytes but the stream holds more - the file is "
+                "damaged or made of several gzip members - compress the qcow2 again as one "
+                "gzip stream"
+            ],
+        )
     if len(exact) == 1:
         content = _inspect_content(found, probe, read_at, exact[0], named, True)
         return replace(content, details={**content.details, "sized_by": "gzip trailer"})

@@ -43,11 +43,17 @@ TRUNCATED = "gzip stream is truncated: it ends before its end marker - upload th
 
 @dataclass(frozen=True)
 class Prefix:
-    """The first decompressed bytes, and whether they are the whole stream."""
+    """The first decompressed bytes, and whether they are the whole stream.
+
+    ``first_member_ended``: the first gzip member ended within what was read, so
+    the trailer at the end of the file (if ``complete`` is false) is another
+    member's and says nothing of the first one's length.
+    """
 
     data: bytes
     complete: bool
     problem: str | None
+    first_member_ended: bool = False
 
 
 def read_prefix(reader: Reader, first: bytes, want: Callable[[bytes], int]) -> Prefix:
@@ -74,7 +80,7 @@ def read_prefix(reader: Reader, first: bytes, want: Callable[[bytes], int]) -> P
         pending = inflater.unconsumed_tail
         if inflater.eof:
             whole = not inflater.unused_data and offset == reader.size
-            return Prefix(bytes(out), whole, None)
+            return Prefix(bytes(out), whole, None, first_member_ended=True)
     if len(out) < want(out) and offset >= reader.size and not pending:
         return Prefix(bytes(out), False, TRUNCATED)
     return Prefix(bytes(out), False, None)

@@ -201,3 +201,28 @@ def test_other_disk_image_names_say_what_to_do(tmp_path, builder, key, message):
 )
 def test_image_suffix(key, suffix):
     assert image_suffix(key) == suffix
+
+
+@pytest.fixture
+def qcow2_bytes(tmp_path):
+    source = images.raw_with_data(tmp_path / "d.raw", 4 * MIB)
+    return images.convert(source, tmp_path / "q", "qcow2").read_bytes()
+
+
+def test_qcow2_gz_whose_first_member_ends_early_is_not_judged_by_the_last_one(
+    tmp_path, qcow2_bytes
+):
+    path = tmp_path / "sda1.qcow2.gz"
+    path.write_bytes(gzip.compress(qcow2_bytes[:20_000]) + gzip.compress(qcow2_bytes[20_000:]))
+    found = inspect(path)
+    assert found.importable, found.problems
+    assert found.virtual_size == 4 * MIB
+
+
+def test_qcow2_gz_whose_trailer_contradicts_its_stream(tmp_path, qcow2_bytes):
+    path = tmp_path / "sda1.qcow2.gz"  # the last member holds 512 bytes, as its trailer says
+    path.write_bytes(gzip.compress(qcow2_bytes[:-512]) + gzip.compress(qcow2_bytes[-512:]))
+    assert inspect(path).problems == (
+        "gzip trailer records 512 bytes but the stream holds more - the file is damaged or "
+        "made of several gzip members - compress the qcow2 again as one gzip stream",
+    )
