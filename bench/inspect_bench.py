@@ -52,25 +52,43 @@ def qemu_img(*args: str) -> None:
     subprocess.run(["qemu-img", *args], check=True, capture_output=True)
 
 
+def iso_image(path: Path, size: int) -> Path:
+    """A sparse ISO 9660 image: a primary volume descriptor at 32 KiB."""
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+        handle.seek(32 * 1024)
+        handle.write(b"\x01CD001\x01")
+    return path
+
+
 def bytes_read_table(workdir: Path) -> None:
     qcow2 = workdir / "sda1.qcow2"
     qemu_img("create", "-q", "-f", "qcow2", str(qcow2), "10G")
+    huge = workdir / "sdb.qcow2"  # its L1 table is 32 KiB, the most inspection reads
+    qemu_img("create", "-q", "-f", "qcow2", str(huge), "2T")
     raw = sparse_disk(workdir / "sda1.raw", 10 * GIB)
     cases = [
         ("qcow2, 10 GiB virtual", qcow2, None),
+        ("qcow2, 2 TiB virtual", huge, None),
         ("raw, 10 GiB", raw, None),
+        ("ISO 9660 named .raw, 10 GiB", iso_image(workdir / "cd.raw", 10 * GIB), None),
         ("qcow2.gz, 10 GiB virtual", gzip_fast(qcow2), None),
+        ("qcow2.gz, 2 TiB virtual", gzip_fast(huge), None),
         ("raw.gz, 10 GiB, omi:size hint", gzip_fast(raw), 10 * GIB),
         ("raw.gz, 10 GiB, no hint", workdir / "sda1.raw.gz", None),
     ]
     print("\n== bytes read per inspection (goal: <= 64 KiB except raw.gz without hint)")
-    print(f"{'file':34} {'file size':>14} {'bytes read':>12} {'reads':>6} {'virtual size':>14}")
+    print(
+        f"{'file':30} {'file size':>14} {'bytes read':>11} {'reads':>6} {'virtual size':>14} "
+        "verdict"
+    )
     for label, path, hint in cases:
         found = inspect_snapshot(FileReader(path), path.name, size_hint=hint)
-        assert found.importable, found.problems
+        assert found.importable == ("ISO" not in label), found.problems
+        verdict = "importable" if found.importable else f"refused: {found.format}"
         print(
-            f"{label:34} {path.stat().st_size:>14} {found.bytes_read:>12} "
-            f"{found.requests:>6} {found.virtual_size:>14}"
+            f"{label:30} {path.stat().st_size:>14} {found.bytes_read:>11} "
+            f"{found.requests:>6} {found.virtual_size or '-':>14} {verdict}"
         )
     raw.unlink()
 

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from posixpath import basename, dirname
 
-from .inspection import declared_format
+from .inspection import image_suffix
 from .inspection.result import safe_name, tag_safe
 
 PREFIX = "omi:"
@@ -34,10 +34,25 @@ VOLUME_TYPES = ("standard", "gp2", "io1")
 ARCHITECTURES = ("x86_64", "i386")
 PRODUCT_TYPES = ("0001", "0002", "0004", "0005")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_ ()/.\-]{3,128}")
-DEVICE_STEM = r"(?:sd|xvd|vd|hd)[a-z]{1,2}[0-9]{0,2}"
-DEVICE_PATTERN = re.compile(rf"/dev/{DEVICE_STEM}")
-STEM_PATTERN = re.compile(DEVICE_STEM)
 ACCOUNT_PATTERN = re.compile(r"[0-9]{12}")
+NUMBER_PATTERN = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit takes "²" too
+
+# OUTSCALE's own limits, from its API reference (outscale/osc-api, outscale.yaml):
+# BlockDeviceMappingImage.DeviceName - the root device is /dev/sda1, the others /dev/sdX,
+# /dev/sdXX, /dev/xvdX or /dev/xvdXX (first X from b to z, second from a to z);
+# BsuToCreate.Iops / CreateVolume.Iops - io1 takes at most 13000 IOPS and 300 per GiB
+# (100 is the least the API accepts); CreateVolume.Size - at most 14901 GiB.
+ROOT_DEVICE = "/dev/sda1"
+DEVICE_STEM = r"sda1|(?:sd|xvd)[b-z][a-z]?"
+DEVICE_PATTERN = re.compile(rf"/dev/(?:{DEVICE_STEM})")
+STEM_PATTERN = re.compile(DEVICE_STEM)
+DEVICE_RULE = (
+    "use /dev/sda1 for the first disk and /dev/sdb to /dev/sdz or /dev/xvdb to /dev/xvdz "
+    "for the others - a second letter a to z is allowed"
+)
+MIN_IOPS, MAX_IOPS, MAX_IOPS_PER_GIB = 100, 13000, 300
+MAX_VOLUME_GIB = 14901
+GIB = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -72,15 +87,16 @@ def is_reserved(key: str, reserved_prefixes: tuple[str, ...]) -> bool:
 
 
 def candidate_by_name(key: str) -> bool:
-    """A snapshot candidate by its name alone (listings show no tags)."""
-    return declared_format(key) is not None
+    """A key named like a disk image: one we import (``.qcow2``, ``.raw.gz``, …) or another
+    (``.img``, ``.vmdk``, ``.iso``, …) that gets a message saying what to rename or convert."""
+    return image_suffix(key) is not None
 
 
 def is_candidate(key: str, tags: dict[str, str], reserved_prefixes: tuple[str, ...]) -> bool:
-    """A snapshot candidate: an image suffix, or any ``omi:`` tag of the user's."""
+    """A snapshot candidate: a disk-image name, or any ``omi:`` tag of the user's."""
     if is_reserved(key, reserved_prefixes):
         return False
-    return declared_format(key) is not None or bool(user_tags(tags))
+    return candidate_by_name(key) or bool(user_tags(tags))
 
 
 def user_tags(tags: dict[str, str]) -> dict[str, str]:
@@ -111,11 +127,16 @@ def default_name(key: str) -> str | None:
 
 
 def device_from_key(key: str) -> str | None:
-    """``/dev/sda1`` from ``…/sda1.qcow2`` when the file is named after a device."""
+    """``/dev/sdb`` from ``…/sdb.qcow2`` when the file is named after a device.
+
+    The first disk may be named ``sda`` or ``sda1``: OUTSCALE calls it ``/dev/sda1``.
+    """
     stem = basename(key)
-    fmt = declared_format(stem)
-    if fmt:
-        stem = stem[: -len(fmt) - 1]
+    suffix = image_suffix(stem)
+    if suffix:
+        stem = stem[: -len(suffix) - 1]
+    if stem == "sda":
+        return ROOT_DEVICE
     return f"/dev/{stem}" if STEM_PATTERN.fullmatch(stem) else None
 
 
@@ -130,7 +151,7 @@ def _as_int(tags: dict[str, str], tag: str, problems: list[str], least: int = 0)
     value = tags.get(PREFIX + tag)
     if value is None:
         return None
-    if not value.isdigit() or int(value) < least:
+    if not NUMBER_PATTERN.fullmatch(value) or int(value) < least:
         problems.append(f"omi:{tag} {tag_safe(value)} is not a whole number of at least {least}")
         return None
     return int(value)
@@ -167,9 +188,7 @@ def read_settings(
         problems.append(problem)
     device = tags.get(PREFIX + "device")
     if device is not None and not DEVICE_PATTERN.fullmatch(device):
-        problems.append(
-            f"omi:device {safe_name(device)} is not a device name such as /dev/sda1 or /dev/xvdb"
-        )
+        problems.append(f"omi:device {safe_name(device)} is not an OUTSCALE device - {DEVICE_RULE}")
     volume_type = _as_choice(tags, "volume-type", VOLUME_TYPES, problems) or defaults.volume_type
     iops = _as_int(tags, "iops", problems, least=1)
     if volume_type == "io1" and iops is None:
@@ -184,7 +203,7 @@ def read_settings(
     return SnapshotSettings(
         name=name,
         device=device,
-        ordering=_as_int(tags, "ordering", problems),
+        ordering=_as_int(tags, "ordering", problems, least=1),
         volume_type=volume_type,
         iops=iops if volume_type == "io1" else None,
         delete_on_termination=defaults.delete_on_termination if dot is None else dot == "true",
@@ -192,6 +211,31 @@ def read_settings(
         image=image,
         problems=tuple(problems),
     )
+
+
+def volume_problems(volume_type: str, iops: int | None, virtual_size: int | None) -> list[str]:
+    """OUTSCALE's limits on the volume a snapshot becomes; ``virtual_size`` None: not known."""
+    problems = []
+    gib = -(-virtual_size // GIB) if virtual_size else None
+    if gib is not None and gib > MAX_VOLUME_GIB:
+        problems.append(
+            f"disk of {gib} GiB is larger than the {MAX_VOLUME_GIB} GiB OUTSCALE allows for a "
+            "volume - shrink it or spread the data over several disks"
+        )
+    if volume_type != "io1" or iops is None:
+        return problems
+    if not MIN_IOPS <= iops <= MAX_IOPS:
+        problems.append(
+            f"omi:iops {iops} is outside the {MIN_IOPS} to {MAX_IOPS} OUTSCALE allows for io1 "
+            f"- set omi:iops between {MIN_IOPS} and {MAX_IOPS}"
+        )
+    elif gib is not None and iops > MAX_IOPS_PER_GIB * gib:
+        problems.append(
+            f"omi:iops {iops} is more than the {MAX_IOPS_PER_GIB} per GiB OUTSCALE allows: "
+            f"this {gib} GiB volume takes at most {MAX_IOPS_PER_GIB * gib} - lower omi:iops "
+            "or use a larger disk"
+        )
+    return problems
 
 
 def _image_settings(tags: dict[str, str], problems: list[str]) -> dict[str, str]:

@@ -251,12 +251,13 @@ class Pipeline:
             )
             content = (found.virtual_size, tuple(found.problems))
         virtual_size, content_problems = content
+        limits = convention.volume_problems(settings.volume_type, settings.iops, virtual_size)
         return Member(
             key=facts.key,
             etag=facts.info.etag,
             compressed_size=facts.info.size,
             virtual_size=virtual_size,
-            problems=settings.problems + content_problems,
+            problems=(*settings.problems, *content_problems, *limits),
             settings=settings,
             content_problems=content_problems,
         )

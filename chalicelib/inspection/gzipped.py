@@ -43,11 +43,17 @@ TRUNCATED = "gzip stream is truncated: it ends before its end marker - upload th
 
 @dataclass(frozen=True)
 class Prefix:
-    """The first decompressed bytes, and whether they are the whole stream."""
+    """The first decompressed bytes, and whether they are the whole stream.
+
+    ``first_member_ended``: the first gzip member ended within what was read, so
+    the trailer at the end of the file (if ``complete`` is false) is another
+    member's and says nothing of the first one's length.
+    """
 
     data: bytes
     complete: bool
     problem: str | None
+    first_member_ended: bool = False
 
 
 def read_prefix(reader: Reader, first: bytes, want: Callable[[bytes], int]) -> Prefix:
@@ -60,17 +66,22 @@ def read_prefix(reader: Reader, first: bytes, want: Callable[[bytes], int]) -> P
     inflater = isal_zlib.decompressobj(wbits=GZIP_WBITS)
     out = bytearray()
     offset = 0
-    while len(out) < want(out) and offset < min(reader.size, PREFIX_INPUT_BUDGET):
-        chunk = first if offset == 0 else reader.read_at(offset, PREFIX_INPUT_STEP)
-        offset += len(chunk)
+    pending = b""  # input read but not inflated yet: output stops at what is wanted
+    while len(out) < want(out):
+        if not pending:
+            if offset >= min(reader.size, PREFIX_INPUT_BUDGET):
+                break
+            pending = first if offset == 0 else reader.read_at(offset, PREFIX_INPUT_STEP)
+            offset += len(pending)
         try:
-            out += inflater.decompress(chunk, want(out) - len(out))
+            out += inflater.decompress(pending, want(out) - len(out))
         except (isal_zlib.error, ValueError) as error:
             return Prefix(bytes(out), False, _corruption_message(error, offset))
+        pending = inflater.unconsumed_tail
         if inflater.eof:
             whole = not inflater.unused_data and offset == reader.size
-            return Prefix(bytes(out), whole, None)
-    if len(out) < want(out) and offset >= reader.size:
+            return Prefix(bytes(out), whole, None, first_member_ended=True)
+    if len(out) < want(out) and offset >= reader.size and not pending:
         return Prefix(bytes(out), False, TRUNCATED)
     return Prefix(bytes(out), False, None)
 
@@ -83,13 +94,16 @@ def read_trailer_size(reader: Reader) -> int | None:
     return struct.unpack("<II", trailer)[1]
 
 
-def length_possible(isize: int, compressed_size: int, at_least: int) -> bool:
-    """Can a stream of ``compressed_size`` bytes hold content of ``at_least`` bytes or more
-    whose length is ``isize`` modulo 2**32?"""
-    most = compressed_size * MAX_DEFLATE_RATIO
+def candidate_lengths(isize: int, compressed_size: int, at_least: int) -> range:
+    """Content lengths a stream of ``compressed_size`` bytes can have when its trailer
+    records ``isize`` (the length modulo 2**32) and its content needs ``at_least`` bytes.
+
+    Empty: the content cannot be whole. One value: the length is known exactly
+    (always so below 4 MiB of gzip, which cannot hold 4 GiB of content).
+    """
     low = max(at_least, 0)
-    candidate = low + ((isize - low) % (1 << 32))
-    return candidate <= most
+    first = low + ((isize - low) % (1 << 32))
+    return range(first, compressed_size * MAX_DEFLATE_RATIO + 1, 1 << 32)
 
 
 @dataclass(frozen=True)

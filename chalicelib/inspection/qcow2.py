@@ -18,11 +18,12 @@ V2_HEADER_LENGTH = 72
 V3_HEADER_LENGTH = 104
 MIN_CLUSTER_BITS, MAX_CLUSTER_BITS = 9, 21
 HEADER_AREA_LIMIT = 64 * 1024  # header + extensions we are willing to read
-L1_READ_LIMIT = 32 * 1024  # L1 tables up to this size are read and checked
+L1_READ_LIMIT = 30 * 1024  # L1 tables up to this size (1.8 TiB at 64 KiB clusters) are checked
 MAX_L1_BYTES = 32 * 1024 * 1024  # QEMU's own limit (QCOW_MAX_L1_SIZE)
 MAX_REFTABLE_BYTES = 8 * 1024 * 1024  # QEMU's QCOW_MAX_REFTABLE_SIZE
 MAX_SNAPSHOTS = 65536
 MAX_BACKING_NAME = 1023
+SNAPSHOT_ENTRY_MIN_BYTES = 40  # the fixed part of a snapshot table entry
 
 INCOMPAT_DIRTY = 1 << 0
 INCOMPAT_CORRUPT = 1 << 1
@@ -126,11 +127,18 @@ def _read_extensions(
         area_end = min(area_end, max(header.backing_file_offset, start))
     area = bytearray(head[:area_end])
 
+    ended = False  # the file ended before the header area did
+
     def have(end: int) -> bool:
-        if end > len(area) and len(area) < area_end:
-            area.extend(read_at(len(area), min(area_end, max(end, len(area) + 4096)) - len(area)))
+        nonlocal ended
+        if end > len(area) and len(area) < area_end and not ended:
+            wanted = min(area_end, max(end, len(area) + 4096)) - len(area)
+            more = read_at(len(area), wanted)
+            ended = len(more) < wanted
+            area.extend(more)
         return end <= len(area)
 
+    truncated = "qcow2 header is truncated inside its extensions - upload the whole file again"
     extensions: dict[int, bytes] = {}
     offset = start
     while have(offset + 8):
@@ -139,6 +147,8 @@ def _read_extensions(
             return extensions, None
         data_end = offset + 8 + length
         if not have(data_end):
+            if ended and data_end <= area_end:
+                return extensions, truncated
             return (
                 extensions,
                 "qcow2 header extension runs past the header area - the header is damaged",
@@ -146,7 +156,7 @@ def _read_extensions(
         extensions[ext_type] = bytes(area[offset + 8 : data_end])
         offset += 8 + (length + 7) // 8 * 8
     if len(area) < area_end:
-        return extensions, "qcow2 header is truncated inside its extensions"
+        return extensions, truncated
     return extensions, "qcow2 header extensions have no end marker - the header is damaged"
 
 
@@ -162,16 +172,34 @@ def l1_entries_needed(header: Qcow2Header) -> int:
     return -(-header.size // bytes_per_l2)
 
 
-def min_file_size(header: Qcow2Header) -> int:
-    """The least length a file with this header can have: its tables must fit."""
-    ends = [header.cluster_size if header.cluster_bits_valid else V2_HEADER_LENGTH]
+def l1_table_end(head: bytes) -> int:
+    """Where the L1 table ends, from the first bytes alone; 0 when unknown or too big to read."""
+    if len(head) < 48:
+        return 0
+    l1_size, l1_offset = struct.unpack_from(">IQ", head, 36)
+    return l1_offset + l1_size * 8 if l1_size * 8 <= L1_READ_LIMIT else 0
+
+
+def table_ends(header: Qcow2Header) -> dict[str, int]:
+    """Where each structure the header points to ends: the file must reach them all."""
+    valid = header.cluster_bits_valid
+    ends = {"header cluster": header.cluster_size if valid else V2_HEADER_LENGTH}
     if header.l1_size:
-        ends.append(header.l1_table_offset + header.l1_size * 8)
-    if header.cluster_bits_valid:
-        ends.append(
+        ends["L1 table"] = header.l1_table_offset + header.l1_size * 8
+    if valid:
+        ends["refcount table"] = (
             header.refcount_table_offset + header.refcount_table_clusters * header.cluster_size
         )
-    return max(ends)
+    if header.nb_snapshots:
+        ends["snapshot table"] = (
+            header.snapshots_offset + header.nb_snapshots * SNAPSHOT_ENTRY_MIN_BYTES
+        )
+    return ends
+
+
+def min_file_size(header: Qcow2Header) -> int:
+    """The least length a file with this header can have: its tables must fit."""
+    return max(table_ends(header).values())
 
 
 # --- the checks -------------------------------------------------------------
@@ -208,7 +236,7 @@ def check_encryption(h: Qcow2Header, file_size: int | None) -> str | None:
         method = CRYPT_METHODS.get(h.crypt_method, f"method {h.crypt_method}")
         return (
             f"qcow2 is encrypted with {method} - OUTSCALE cannot import encrypted images - "
-            "decrypt it with qemu-img convert -O qcow2"
+            "decrypt it with qemu-img convert -O qcow2 giving the passphrase in --object secret"
         )
     return None
 
@@ -337,19 +365,31 @@ def check_table_layout(h: Qcow2Header, file_size: int | None) -> str | None:
     return None
 
 
+def _truncated(name: str, end: int, file_size: int) -> str:
+    return (
+        f"qcow2 is truncated: its {name} reaches byte {end} but the file has "
+        f"{file_size} bytes - upload the whole file again"
+    )
+
+
+def check_header_cluster_in_file(h: Qcow2Header, file_size: int | None) -> str | None:
+    end = table_ends(h)["header cluster"]
+    if file_size is not None and end > file_size:
+        return _truncated("header cluster", end, file_size)
+    return None
+
+
 def check_tables_in_file(h: Qcow2Header, file_size: int | None) -> str | None:
     if file_size is None or not h.cluster_bits_valid:
         return None
-    needed = min_file_size(h)
-    if needed > file_size:
-        return (
-            f"qcow2 is truncated: its tables reach byte {needed} but the file has "
-            f"{file_size} bytes - upload the whole file again"
-        )
+    for name, end in table_ends(h).items():
+        if end > file_size:
+            return _truncated(name, end, file_size)
     return None
 
 
 CHECKS: tuple[Check, ...] = (
+    check_header_cluster_in_file,
     check_header_in_first_cluster,
     check_header_extensions,
     check_backing_format_alone,
@@ -368,26 +408,35 @@ CHECKS: tuple[Check, ...] = (
 )
 
 
-def check_l1_entries(h: Qcow2Header, read_at: ReadAt, file_size: int) -> str | None:
+def check_l1_entries(
+    h: Qcow2Header, read_at: ReadAt, file_size: int | None
+) -> tuple[str | None, int]:
     """Every L2 table the L1 table points to must lie inside the file.
 
-    Read only when the L1 table is small (it is 160 bytes for 10 GiB with
-    64 KiB clusters), so the cost stays bounded whatever the image.
+    Returns the problem, if any, and the least file size the entries read
+    imply (the evidence a gzip stream's trailer is checked against). Read
+    only when the L1 table is small (160 bytes for 10 GiB with 64 KiB
+    clusters), so the cost stays bounded whatever the image; entries that
+    lie past what ``read_at`` can see are skipped.
     """
     length = h.l1_size * 8
     if not length or length > L1_READ_LIMIT:
-        return None
+        return None, 0
     table = read_at(h.l1_table_offset, length)
+    reach = 0
     for index, (entry,) in enumerate(struct.iter_unpack(">Q", table[: len(table) // 8 * 8])):
         offset = entry & L1_OFFSET_MASK
         if entry & L1_RESERVED_MASK or (offset and offset % h.cluster_size):
-            return f"qcow2 L1 entry {index} is malformed - the image is damaged"
-        if offset and offset + h.cluster_size > file_size:
+            return f"qcow2 L1 entry {index} is malformed - the image is damaged", reach
+        if not offset:
+            continue
+        reach = max(reach, offset + h.cluster_size)
+        if file_size is not None and reach > file_size:
             return (
                 f"qcow2 is truncated: L1 entry {index} points to byte {offset} past the end "
                 f"of the file at {file_size} - upload the whole file again"
-            )
-    return None
+            ), reach
+    return None, reach
 
 
 @dataclass(frozen=True)
@@ -397,12 +446,25 @@ class Qcow2Findings:
     details: dict[str, object]
 
 
+def check_version(version: int) -> str | None:
+    if version in (2, 3):
+        return None
+    return (
+        f"qcow2 version {version} is newer than the versions 2 and 3 OUTSCALE imports - "
+        "convert it with a QEMU that reads it: qemu-img convert -O qcow2 -o compat=1.1"
+    )
+
+
 def inspect_qcow2(head: bytes, read_at: ReadAt, file_size: int | None) -> Qcow2Findings:
     """All problems of a qcow2 image whose first bytes are ``head``.
 
     ``file_size`` is None when the image is inside a gzip stream and its
-    length is not known; checks that need it are then left to the caller.
+    length is not known; checks that need it are then left to the caller,
+    which gets ``min_file_size`` in the details to check the length against.
     """
+    version = struct.unpack_from(">I", head, 4)[0]
+    if message := check_version(version):
+        return Qcow2Findings(None, [message], {"qcow2_version": version})
     try:
         header = parse_header(head, read_at)
     except Qcow2Error as error:
@@ -419,9 +481,10 @@ def inspect_qcow2(head: bytes, read_at: ReadAt, file_size: int | None) -> Qcow2F
             f"qcow2 has a backing file {name} - flatten it with qemu-img convert -O qcow2"
         )
     problems += [message for check in CHECKS if (message := check(header, file_size))]
-    if not problems and file_size is not None:
-        message = check_l1_entries(header, read_at, file_size)
+    reach = 0
+    if not problems:
+        message, reach = check_l1_entries(header, read_at, file_size)
         if message:
             problems.append(message)
-    details["min_file_size"] = min_file_size(header)
+    details["min_file_size"] = max(min_file_size(header), reach)
     return Qcow2Findings(header.size, problems, details)

@@ -31,6 +31,19 @@ class Reader(Protocol):
         ...
 
 
+def read_tail(reader: Reader, count: int) -> bytes:
+    """The last ``count`` bytes, or the whole object when it is shorter."""
+    start = max(reader.size - count, 0)
+    return reader.read_at(start, reader.size - start)
+
+
+def _span(offset: int, length: int, size: int) -> int:
+    """How many bytes a read of ``length`` at ``offset`` returns; a negative offset is a bug."""
+    if offset < 0 or length < 0:
+        raise ValueError(f"read of {length} bytes at offset {offset}")
+    return max(0, min(length, size - offset))
+
+
 class FileReader:
     """A local file."""
 
@@ -41,7 +54,7 @@ class FileReader:
         self.requests = 0
 
     def read_at(self, offset: int, length: int) -> bytes:
-        length = max(0, min(length, self.size - offset))
+        length = _span(offset, length, self.size)
         if length == 0:
             return b""
         self.requests += 1
@@ -96,7 +109,7 @@ class S3Reader:
         return response["Body"]
 
     def read_at(self, offset: int, length: int) -> bytes:
-        length = max(0, min(length, self.size - offset))
+        length = _span(offset, length, self.size)
         if length == 0:
             return b""
         data = self._get(offset, offset + length - 1).read()

@@ -62,7 +62,7 @@ def test_second_snapshot_arrives_last(live, samples):
         {"app-server/sda.qcow2": samples["qcow2"], "app-server/sdb.qcow2": samples["qcow2-2g"]},
     )
     assert [(s["Device"], s["Ordering"], s["Size"]) for s in document["Image"]["Snapshots"]] == [
-        ("/dev/sda", 1, 1 << 30),
+        ("/dev/sda1", 1, 1 << 30),
         ("/dev/sdb", 2, 2 << 30),
     ]
 

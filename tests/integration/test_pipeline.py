@@ -65,7 +65,7 @@ def test_reordered_events_same_end_state(omi, samples):
     omi.deliver("app/sdb.qcow2", event="ObjectRemoved:Delete")  # a stale removal
     omi.deliver("app/sda.qcow2")
     assert [s["Device"] for s in omi.manifest("app")["Image"]["Snapshots"]] == [
-        "/dev/sda",
+        "/dev/sda1",
         "/dev/sdb",
     ]
 
@@ -242,7 +242,7 @@ def test_two_snapshots_completing_at_once_publish_one_manifest(omi, samples):
     assert [item["Key"] for item in listed["Contents"]] == ["manifests/race.json"]
     snaps = omi.manifest("race")["Image"]["Snapshots"]
     assert [(s["Device"], s["Size"]) for s in snaps] == [
-        ("/dev/sda", 1 << 30),
+        ("/dev/sda1", 1 << 30),
         ("/dev/sdb", 2 << 30),
     ]
     assert (

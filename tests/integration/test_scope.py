@@ -51,7 +51,7 @@ def test_only_the_omis_own_snapshots_are_signed(omi, samples):
     create_bucket(omi.s3, "someone-elses-bucket")
     omi.drop("web/sda1.qcow2", samples["qcow2"], {"omi:name": "someone-elses-bucket/web"})
     two = {"omi:name": "db-server", "omi:snapshots": "2"}
-    omi.drop("up/a.raw.gz", samples["raw.gz"], {**two, "omi:device": "/dev/sda"})
+    omi.drop("up/a.raw.gz", samples["raw.gz"], {**two, "omi:device": "/dev/sda1"})
     omi.drop("up/b.qcow2.gz", samples["qcow2.gz"], {**two, "omi:device": "/dev/sdb"})
     manifests = [k for k in all_objects(omi) if k.startswith("manifests/")]
     assert manifests == ["manifests/db-server.json", "manifests/someone-elses-bucket/web.json"]

@@ -67,8 +67,14 @@ def test_every_tag_read():
     [
         (
             {"omi:device": "sda1"},
-            "omi:device sda1 is not a device name such as /dev/sda1 or /dev/xvdb",
+            "omi:device sda1 is not an OUTSCALE device - use /dev/sda1 for the first disk and "
+            "/dev/sdb to /dev/sdz or /dev/xvdb to /dev/xvdz for the others - a second letter "
+            "a to z is allowed",
         ),
+        ({"omi:iops": "\u00b2"}, "omi:iops _ is not a whole number of at least 1"),
+        ({"omi:ordering": "0"}, "omi:ordering 0 is not a whole number of at least 1"),
+        ({"omi:ordering": "\u0663"}, "omi:ordering _ is not a whole number of at least 1"),
+        ({"omi:size": "1e9"}, "omi:size 1e9 is not a whole number of at least 1"),
         ({"omi:snapshots": "two"}, "omi:snapshots two is not a whole number of at least 1"),
         ({"omi:snapshots": "0"}, "omi:snapshots 0 is not a whole number of at least 1"),
         ({"omi:iops": "100"}, "omi:iops is only for io1 volumes - this one is standard"),
@@ -99,9 +105,12 @@ def test_bad_tags(tags, message):
     [
         ("web/sda1.QCOW2", {}, True),
         ("web/sda1.raw.gz", {}, True),
-        ("web/disk.img", {}, False),
+        ("web/disk.img", {}, True),
+        ("web/disk.vmdk", {}, True),
+        ("web/install.ISO", {}, True),
+        ("web/notes.txt", {}, False),
         ("web/disk.img", {"omi:name": "web"}, True),
-        ("web/disk.img", {"omi:status": "x", "team": "a"}, False),
+        ("web/disk.txt", {"omi:status": "x", "team": "a"}, False),
         ("manifests/web.json", {"omi:url": "x"}, False),
         (".omi-state/objects/a.json", {}, False),
         ("manifests/sda1.qcow2", {}, False),
@@ -119,3 +128,87 @@ def test_status_text_is_tag_safe_and_bounded():
         convention.status_waiting(1, 2, "web-server") == "waiting: 1 of 2 snapshots of web-server"
     )
     assert convention.status_published("manifests/w.json") == "published: manifests/w.json"
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["/dev/sda1", "/dev/sdb", "/dev/sdz", "/dev/sdba", "/dev/xvdb", "/dev/xvdzz"],
+)
+def test_outscale_device_names(device):
+    assert settings("web/disk.raw", {"omi:device": device}).problems == ()
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["/dev/sda", "/dev/sda2", "/dev/sdb1", "/dev/vdb", "/dev/hdb", "/dev/xvda", "/dev/sdbbb"],
+)
+def test_device_names_outscale_refuses(device):
+    problems = settings("web/disk.raw", {"omi:device": device}).problems
+    assert problems[0].startswith(f"omi:device {device} is not an OUTSCALE device - use /dev/sda1")
+
+
+@pytest.mark.parametrize(
+    ("key", "device"),
+    [
+        ("web/sda1.qcow2", "/dev/sda1"),
+        ("web/xvdc.raw.gz", "/dev/xvdc"),
+        ("web/sdba.qcow2", "/dev/sdba"),
+        ("web/sdab.qcow2", None),
+        ("web/sda.qcow2", "/dev/sda1"),
+        ("web/vdb.qcow2", None),
+        ("web/sdb1.raw", None),
+    ],
+)
+def test_device_from_file_name(key, device):
+    assert convention.device_from_key(key) == device
+
+
+GIB = 1 << 30
+
+
+@pytest.mark.parametrize(
+    ("volume_type", "iops", "size", "problems"),
+    [
+        ("io1", 3000, 10 * GIB, []),
+        ("io1", 100, GIB, []),
+        ("io1", 13000, 100 * GIB, []),
+        ("gp2", None, 14901 * GIB, []),
+        ("io1", 3000, None, []),
+        (
+            "io1",
+            99,
+            10 * GIB,
+            ["omi:iops 99 is outside the 100 to 13000 OUTSCALE allows for io1 - set omi:iops "
+             "between 100 and 13000"],
+        ),
+        (
+            "io1",
+            13001,
+            None,
+            ["omi:iops 13001 is outside the 100 to 13000 OUTSCALE allows for io1 - set "
+             "omi:iops between 100 and 13000"],
+        ),
+        (
+            "io1",
+            3001,
+            10 * GIB,
+            ["omi:iops 3001 is more than the 300 per GiB OUTSCALE allows: this 10 GiB volume "
+             "takes at most 3000 - lower omi:iops or use a larger disk"],
+        ),
+        (
+            "io1",
+            600,
+            GIB + 512,
+            [],
+        ),
+        (
+            "standard",
+            None,
+            14901 * GIB + 512,
+            ["disk of 14902 GiB is larger than the 14901 GiB OUTSCALE allows for a volume - "
+             "shrink it or spread the data over several disks"],
+        ),
+    ],
+)  # fmt: skip
+def test_volume_limits(volume_type, iops, size, problems):
+    assert convention.volume_problems(volume_type, iops, size) == problems

@@ -28,8 +28,8 @@ def patched(tmp_path, offset, fmt, value, name="sda1.qcow2"):
 @pytest.mark.parametrize(
     ("offset", "fmt", "value", "message"),
     [
-        (40, ">Q", 1 << 60, "qcow2 is truncated: its tables reach byte 1152921504606846984"),
-        (48, ">Q", 1 << 62, "qcow2 is truncated: its tables reach byte"),
+        (40, ">Q", 1 << 60, "qcow2 is truncated: its L1 table reaches byte 1152921504606846984"),
+        (48, ">Q", 1 << 62, "qcow2 is truncated: its refcount table reaches byte"),
         (40, ">Q", 65536, "qcow2 L1 table and refcount table overlap - the header is damaged"),
         (40, ">Q", 4096, "qcow2 L1 table offset 4096 is not a cluster after the header"),
         (36, ">I", 0xFFFFFFFF, "qcow2 L1 table of 4294967295 entries is larger than QEMU allows"),

@@ -38,7 +38,8 @@ def test_content_matching_two_formats(tmp_path):
     path = tmp_path / "sda1.raw"
     path.write_bytes(bytes(head))
     assert problems_of(path) == (
-        "content matches several formats: VMDK and VDI - the file is refused as ambiguous",
+        "content matches several formats: a VMDK image and a VDI image - "
+        "the file is refused as ambiguous",
     )
 
 
@@ -46,24 +47,22 @@ def test_compressed_archive_named_raw(tmp_path):
     path = tmp_path / "sda1.raw"
     path.write_bytes(b"\xfd7zXZ\x00".ljust(MIB, b"\0"))
     assert problems_of(path) == (
-        f"file named .raw is xz-compressed - OUTSCALE imports qcow2 and raw only - {CONVERT}",
+        "file named .raw is xz-compressed - decompress it and upload the disk as .qcow2 or "
+        ".raw - or gzip-compressed as .qcow2.gz or .raw.gz",
     )
 
 
 def test_newer_qcow_version(tmp_path):
     path = images.patch(qcow2(tmp_path), 4, struct.pack(">I", 4))
     assert problems_of(path) == (
-        "file named .qcow2 is a newer qcow image - OUTSCALE imports qcow2 and raw only - "
-        + CONVERT,
+        "qcow2 version 4 is newer than the versions 2 and 3 OUTSCALE imports - convert it "
+        "with a QEMU that reads it: qemu-img convert -O qcow2 -o compat=1.1",
     )
 
 
 def test_aes_encryption(tmp_path):
     path = images.patch(qcow2(tmp_path), 32, struct.pack(">I", 1))
-    assert problems_of(path) == (
-        "qcow2 is encrypted with AES - OUTSCALE cannot import encrypted images - "
-        "decrypt it with qemu-img convert -O qcow2",
-    )
+    assert problems_of(path)[0].startswith("qcow2 is encrypted with AES - OUTSCALE cannot")
 
 
 def test_unknown_compression_type(tmp_path):
@@ -87,7 +86,11 @@ def test_v3_header_cut_short(tmp_path):
 def test_file_ending_inside_the_extensions(tmp_path):
     path = qcow2(tmp_path)
     os.truncate(path, 116)
-    assert "qcow2 header is truncated inside its extensions" in problems_of(path)
+    assert problems_of(path) == (
+        "qcow2 is truncated: its header cluster reaches byte 65536 but the file has 116 bytes "
+        "- upload the whole file again",
+        "qcow2 header is truncated inside its extensions - upload the whole file again",
+    )
 
 
 def test_extensions_without_end_marker(tmp_path):
@@ -121,3 +124,46 @@ def test_l1_entry_past_the_end(qcow2_with_data):
         f"qcow2 is truncated: L1 entry 0 points to byte {1 << 40} past the end of the file at "
         f"{size} - upload the whole file again",
     )
+
+
+REPAIR = "the partition table is damaged - repair it with fdisk or gdisk"
+
+
+def hybrid_mbr(path):
+    """A GPT's protective MBR with a second, DOS partition beside it (a "hybrid MBR")."""
+    images.mbr(path, gpt=True)
+    entry = struct.pack("<B3BB3BII", 0, 0, 0, 0, 0x83, 0, 0, 0, 2048, 2048)
+    return images.patch(path, 446 + 16, entry)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda path: images.mbr(path, boot_flag=0x12),
+            f"raw disk MBR entry 0 has an invalid boot flag 0x12 - {REPAIR}",
+        ),
+        (hybrid_mbr, f"raw disk GPT protective MBR has other partitions beside it - {REPAIR}"),
+        (
+            lambda path: images.patch(images.mbr(path, gpt=True), 446 + 8, struct.pack("<I", 2)),
+            f"raw disk GPT protective MBR entry 0 is not at sector 1 - {REPAIR}",
+        ),
+        (
+            lambda path: images.patch(images.mbr(path), 446, bytes(16)),
+            f"raw disk has a boot sector signature but no partitions - {REPAIR}",
+        ),
+    ],
+    ids=["boot-flag", "hybrid", "protective-start", "no-partitions"],
+)
+def test_partition_tables_no_firmware_accepts(tmp_path, build, message):
+    assert problems_of(build(tmp_path / "sda1.raw")) == (message,)
+
+
+def test_fat_boot_record_is_not_taken_for_a_partition_table(tmp_path):
+    """A disk that is one FAT volume has the boot signature but no partition table."""
+    path = images.mbr(tmp_path / "sda1.raw")
+    images.patch(path, 0x10, b"\x02")
+    images.patch(path, 0x15, b"\xf8")
+    images.patch(path, 446, bytes(64))
+    found = inspect_snapshot(FileReader(path), path.name)
+    assert found.importable, found.problems
