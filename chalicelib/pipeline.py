@@ -316,10 +316,7 @@ class Pipeline:
             statuses = self._decide(group, markers, members)
             drifted = self._write_statuses(statuses, {m.key: mk.tags for m, mk in members})
             after = self.store.read_group(name)
-            if after.listing == group.listing:
-                if len(after.publications) > 1 and after.published is not None:
-                    # Two workers published the same members at once: keep the later.
-                    self._drop_superseded(after, after.published)
+            if after.listing == group.listing and len(after.publications) <= 1:
                 return drifted
             logger.info("group changed while it was evaluated", extra={"omi": name})
         raise StillChanging(f"OMI {name} changed on every one of {ROUNDS} listings")
@@ -344,11 +341,18 @@ class Pipeline:
             self._withdraw(group)
             return plan.statuses
         digest = membership_digest(markers)
-        if group.published is not None and group.published.digest == digest:
-            self._drop_superseded(group, group.published)
+        if self._still_published(group, digest):
             status = convention.status_published(self.manifest_key(group.name))
             return {s.key: status for s in plan.image.snapshots}
         return self._publish(group, plan.image, digest)
+
+    def _still_published(self, group: Group, digest: str) -> bool:
+        """One publication, of these very records, and its manifest is there. Two
+        publications (workers that published at once, one maybe from a stale view) are
+        never trusted: publishing again leaves one, from the current records."""
+        if len(group.publications) != 1 or group.publications[0].digest != digest:
+            return False
+        return self.store.head(self.manifest_key(group.name)) is not None
 
     def manifest_key(self, name: str) -> str:
         return manifest_key(self.settings.manifest_prefix, name)

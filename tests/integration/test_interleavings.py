@@ -16,6 +16,8 @@ import itertools
 import json
 import os
 import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -506,21 +508,45 @@ def test_passes_over_an_unchanged_bucket_make_no_write_requests(live, samples, c
 # --- 8. lost events repaired by the scheduled pass ------------------------------------------
 
 
+def every_tag_pass(scene: Scene) -> Pass:
+    """A pass that reads every object's tags (``OMI_TAG_ROUNDS=1``, as polling stages do)."""
+    return Pass(scene.worker(replace(scene.settings, tag_rounds=1)).pipeline, RENEW_BEFORE)
+
+
 def test_pass_processes_a_tag_only_candidate_whose_events_were_lost(scene, samples):
     scene.put("disks/boot", samples["qcow2"], {"omi:name": "boot-omi"})  # no event
-    Pass(scene.worker().pipeline, RENEW_BEFORE).run()
+    every_tag_pass(scene).run()
     assert scene.status("disks/boot") == published("boot-omi")
     assert scene.listed_in("disks/boot") == ["manifests/boot-omi.json"]
 
 
-def test_pass_repairs_a_lost_tag_change(scene, samples):
+def lose_a_tag_change(scene: Scene, samples) -> str:
     key = "web/sda1.qcow2"
     scene.put(key, samples["qcow2"])
     worker = scene.worker()
     worker.deliver(key)
     worker.deliver_echoes()
     scene.retag(key, {"omi:name": "api"})  # its event is lost
-    Pass(scene.worker().pipeline, RENEW_BEFORE).run()
+    return key
+
+
+def test_pass_repairs_a_lost_tag_change(scene, samples):
+    key = lose_a_tag_change(scene, samples)
+    every_tag_pass(scene).run()
+    assert scene.status(key) == published("api")
+    assert scene.manifests() == ["manifests/api.json"]
+
+
+def test_passes_of_one_tag_round_repair_a_lost_tag_change_by_default(scene, samples):
+    """By default a published snapshot's tags are read once every OMI_TAG_ROUNDS passes."""
+    key = lose_a_tag_change(scene, samples)
+    pipeline = scene.worker().pipeline
+    rounds, interval = scene.settings.tag_rounds, scene.settings.pass_interval
+    assert rounds > 1
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    for number in range(rounds):
+        moment = start + timedelta(seconds=number * interval)
+        Pass(replace(pipeline, clock=lambda moment=moment: moment), RENEW_BEFORE).run()
     assert scene.status(key) == published("api")
     assert scene.manifests() == ["manifests/api.json"]
 
