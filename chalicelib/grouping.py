@@ -19,7 +19,7 @@ from .convention import (
 )
 from .inspection.result import safe_name
 
-SINGLE_DISK_DEVICE = "/dev/sda1"
+FIRST_DISK = SINGLE_DISK_DEVICE = "/dev/sda1"
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,9 @@ def _group_problem(name: str, members: list[Member], devices: dict[str, str], ex
             f"{name} has {len(members)} snapshots but omi:snapshots says {expected} - "
             f"remove one or set omi:snapshots to {len(members)}"
         )
+    if len(members) == expected and len(devices) == expected and FIRST_DISK not in by_device:
+        # OUTSCALE boots an image from /dev/sda1 (osc-api: BlockDeviceMappingImage).
+        return f"{name} has no {FIRST_DISK} - the boot disk of an OMI must be {FIRST_DISK}"
     return None
 
 

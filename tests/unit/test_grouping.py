@@ -9,6 +9,21 @@ def member(key, device=None, problems=(), ordering=None, **image):
     return Member(key, "etag", 1000, 1 << 30, tuple(problems), settings)
 
 
+def test_complete_omi_without_sda1_is_an_error():
+    plan = plan_group(
+        "web", [member("w/b", "/dev/sdb", snapshots="2"), member("w/c", "/dev/sdc")], Defaults()
+    )
+    assert plan.image is None
+    assert set(plan.statuses.values()) == {
+        "error: web has no /dev/sda1 - the boot disk of an OMI must be /dev/sda1"
+    }
+
+
+def test_waiting_omi_without_sda1_yet_is_waiting():
+    plan = plan_group("web", [member("w/b", "/dev/sdb", snapshots="2")], Defaults())
+    assert plan.statuses == {"w/b": "waiting: 1 of 2 snapshots of web"}
+
+
 def test_natural_order_of_devices():
     devices = ["/dev/sda10", "/dev/sdb", "/dev/sda2", "/dev/xvda"]
     assert sorted(devices, key=natural_key) == ["/dev/sda2", "/dev/sda10", "/dev/sdb", "/dev/xvda"]
@@ -17,17 +32,25 @@ def test_natural_order_of_devices():
 def test_ordering_follows_device_rank():
     plan = plan_group(
         "web",
-        [member("w/b", "/dev/sda10", snapshots="2"), member("w/a", "/dev/sda2")],
+        [
+            member("w/b", "/dev/sdb", snapshots="3"),
+            member("w/a", "/dev/sda1"),
+            member("w/c", "/dev/xvdaa"),
+        ],
         Defaults(),
     )
-    assert [(s.key, s.ordering) for s in plan.image.snapshots] == [("w/a", 1), ("w/b", 2)]
+    assert [(s.key, s.ordering) for s in plan.image.snapshots] == [
+        ("w/a", 1),
+        ("w/b", 2),
+        ("w/c", 3),
+    ]
 
 
 def test_explicit_ordering_wins_and_sorts():
     plan = plan_group(
         "web",
         [
-            member("w/a", "/dev/sda", ordering=5, snapshots="2"),
+            member("w/a", "/dev/sda1", ordering=5, snapshots="2"),
             member("w/b", "/dev/sdb", ordering=3),
         ],
         Defaults(),
@@ -39,7 +62,7 @@ def test_duplicate_ordering_is_an_error():
     plan = plan_group(
         "web",
         [
-            member("w/a", "/dev/sda", ordering=1, snapshots="2"),
+            member("w/a", "/dev/sda1", ordering=1, snapshots="2"),
             member("w/b", "/dev/sdb", ordering=1),
         ],
         Defaults(),
@@ -60,14 +83,14 @@ def test_single_snapshot_defaults_to_sda1_and_image_defaults():
 def test_image_tags_set_on_one_snapshot_apply_to_all():
     plan = plan_group(
         "web",
-        [member("w/a", "/dev/sda", snapshots="2", architecture="i386"), member("w/b", "/dev/sdb")],
+        [member("w/a", "/dev/sda1", snapshots="2", architecture="i386"), member("w/b", "/dev/sdb")],
         Defaults(),
     )
     assert plan.image.architecture == "i386"
 
 
 def test_waiting_until_complete():
-    plan = plan_group("web", [member("w/a", "/dev/sda", snapshots="3")], Defaults())
+    plan = plan_group("web", [member("w/a", "/dev/sda1", snapshots="3")], Defaults())
     assert plan.image is None
     assert plan.statuses == {"w/a": "waiting: 1 of 3 snapshots of web"}
     assert (plan.present, plan.expected) == (1, 3)
@@ -77,7 +100,7 @@ def test_one_bad_member_blocks_the_others():
     plan = plan_group(
         "web",
         [
-            member("w/a", "/dev/sda", snapshots="2"),
+            member("w/a", "/dev/sda1", snapshots="2"),
             member("w/b", "/dev/sdb", problems=["p1", "p2"]),
         ],
         Defaults(),
