@@ -136,6 +136,8 @@ class Store:
         self.client = client
         self.bucket = settings.bucket
         self.state = settings.state_prefix
+        self.keeps_put_tags: bool | None = None  # tags sent with PutObject; None: not known yet
+        self.tags_checked = False  # PutObjectTagging seen to keep them
 
     # --- snapshot objects ------------------------------------------------------
 
@@ -321,7 +323,13 @@ class Store:
     # --- manifests -------------------------------------------------------------
 
     def put_manifest(self, key: str, body: bytes, tags: dict[str, str]) -> None:
-        """Body and URL tags in one request: readers never see one without the other."""
+        """Body and URL tags in one request: readers never see one without the other.
+
+        Some stores (s3rver) ignore tags sent with PutObject. The first manifest this
+        process writes is read back to learn which kind the store is (one request per
+        process); on such a store the tags are then put separately, and checked the
+        first time, so that the URL is always readable where the store keeps tags at all.
+        """
         tagging = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in tags.items())
         self.client.put_object(
             Bucket=self.bucket,
@@ -330,6 +338,19 @@ class Store:
             ContentType="application/json",
             Tagging=tagging,
         )
+        if self.keeps_put_tags is None:
+            self.keeps_put_tags = self.tags(key) == tags
+        if self.keeps_put_tags:
+            return
+        self.put_tags(key, tags)
+        if not self.tags_checked:
+            kept = self.tags(key)
+            if kept != tags:
+                raise RuntimeError(
+                    f"the store keeps no tags on {key} (read back: {sorted(kept or {})}) - "
+                    "the manifest's URL cannot be stored; use a store that supports tagging"
+                )
+            self.tags_checked = True
 
     def delete_manifest(self, key: str) -> None:
         self._delete(key)
