@@ -346,8 +346,9 @@ class Store:
         if not self.tags_checked:
             kept = self.tags(key)
             if kept != tags:
+                names = sorted(kept or {})
                 raise RuntimeError(
-                    f"the store keeps no tags on {key} (read back: {sorted(kept or {})}) - "
+                    f"the store did not keep the URL tags of {key} (read back: {names}) - "
                     "the manifest's URL cannot be stored; use a store that supports tagging"
                 )
             self.tags_checked = True
