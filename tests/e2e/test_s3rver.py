@@ -130,6 +130,8 @@ def store(s3rver, tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    # boto3's default session keeps the credentials it found first (another suite's).
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
     runtime.pipeline.cache_clear()
     yield Polled(s3rver, bucket, env)
     runtime.pipeline.cache_clear()
