@@ -13,20 +13,25 @@ app = Chalice(app_name="omi-manifest", configure_logs=False)
 app.register_middleware(ConvertToMiddleware(logger.inject_lambda_context))
 app.register_middleware(ConvertToMiddleware(metrics.log_metrics))
 
+# Chalice sets the stage's environment variables before it imports this module.
 BUCKET = os.environ.get("OMI_BUCKET", "omi-snapshots")
 OBJECT_EVENTS = ["s3:ObjectCreated:*", "s3:ObjectRemoved:*", "s3:ObjectTagging:*"]
 SCHEDULE = os.environ.get("OMI_SCHEDULE", "rate(1 hour)")
+# "false" for a store that sends no bucket events (OUTSCALE OOS): the schedule polls it.
+BUCKET_EVENTS = os.environ.get("OMI_BUCKET_EVENTS", "true") != "false"
 
+if BUCKET_EVENTS:
 
-@app.on_s3_event(bucket=BUCKET, events=OBJECT_EVENTS)
-def on_object_event(event):
-    """Object created, removed or retagged: bring its OMI up to date."""
-    runtime.pipeline().handle(object_changes(event.to_dict()))
+    @app.on_s3_event(bucket=BUCKET, events=OBJECT_EVENTS)
+    def on_object_event(event):
+        """Object created, removed or retagged: bring its OMI up to date."""
+        runtime.pipeline().handle(object_changes(event.to_dict()))
 
 
 @app.schedule(SCHEDULE)
 def renew_and_reconcile(event):
-    """Re-sign manifests before their URLs expire; repair what events missed."""
+    """Re-sign manifests before their URLs expire; repair what events missed (on a store
+    without events, find every change: this is its polling)."""
     pipeline = runtime.pipeline()
     context = event.context
     scheduler.Pass(

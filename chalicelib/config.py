@@ -18,13 +18,14 @@ MAX_URL_LIFETIME = 604800  # SigV4's limit: 7 days
 @dataclass(frozen=True)
 class Settings:
     bucket: str
-    region: str = "eu-west-2"
+    region: str | None = None  # the bucket's; None: not configured, runtime asks the store
     endpoint_url: str | None = None  # where the functions reach the bucket (None: AWS)
     public_endpoint_url: str | None = None  # what signed URLs name (None: AWS S3)
     addressing_style: str = "auto"  # path, virtual, or auto
     manifest_prefix: str = "manifests/"
     state_prefix: str = ".omi-state/"
     signing_secret: str | None = None  # Secrets Manager name holding long-term signing keys
+    store_secret: str | None = None  # ... holding the store's own keys (a store outside AWS)
     url_lifetime: int = MAX_URL_LIFETIME
     renew_before: int = 48 * 3600
     temporary_credentials_lifetime: int = 3600
@@ -43,6 +44,28 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return int(value) if value else default
 
 
+def configured_region(env: Mapping[str, str]) -> str | None:
+    """The region configuration gives, in the order the AWS tools follow: ``OMI_REGION``,
+    ``AWS_REGION``, ``AWS_DEFAULT_REGION``, then the profile's ``region``; None if none does."""
+    for name in ("OMI_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        if env.get(name):
+            return env[name]
+    return _profile_region(env)
+
+
+def _profile_region(env: Mapping[str, str]) -> str | None:
+    import botocore.session
+    from botocore.exceptions import ProfileNotFound
+
+    session = botocore.session.Session(profile=env.get("AWS_PROFILE") or None)
+    if env.get("AWS_CONFIG_FILE"):
+        session.set_config_variable("config_file", env["AWS_CONFIG_FILE"])
+    try:
+        return session.get_scoped_config().get("region") or None
+    except ProfileNotFound:
+        return None  # boto3 names the missing profile when it needs credentials
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Settings from ``OMI_*`` environment variables; unset ones keep their defaults."""
     env = os.environ if env is None else env
@@ -59,13 +82,14 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     )
     return Settings(
         bucket=env.get("OMI_BUCKET", "omi-snapshots"),
-        region=env.get("OMI_REGION") or env.get("AWS_REGION") or "eu-west-2",
+        region=configured_region(env),
         endpoint_url=env.get("OMI_ENDPOINT_URL") or None,
         public_endpoint_url=env.get("OMI_PUBLIC_ENDPOINT_URL") or None,
         addressing_style=env.get("OMI_ADDRESSING_STYLE", "auto"),
         manifest_prefix=env.get("OMI_MANIFEST_PREFIX", "manifests/"),
         state_prefix=env.get("OMI_STATE_PREFIX", ".omi-state/"),
         signing_secret=env.get("OMI_SIGNING_SECRET") or None,
+        store_secret=env.get("OMI_STORE_SECRET") or None,
         url_lifetime=lifetime,
         renew_before=_int(env, "OMI_RENEW_BEFORE", 48 * 3600),
         temporary_credentials_lifetime=_int(env, "OMI_TEMPORARY_CREDENTIALS_LIFETIME", 3600),

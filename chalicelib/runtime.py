@@ -5,6 +5,7 @@ Built lazily so that importing the app (every Lambda cold start) stays cheap.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cache
 from typing import Any
 
@@ -17,21 +18,58 @@ from .store import Store
 # within a Lambda's time without hiding a real outage, which then fails the event so
 # that Lambda retries it, and the scheduled pass repairs whatever is left.
 RETRIES = {"mode": "standard", "max_attempts": 5}
+# GetBucketLocation's answers that are not region names.
+LOCATIONS = {"": "us-east-1", "EU": "eu-west-1"}
 
 
-def s3_client(settings: config.Settings) -> Any:
+def store_credentials(settings: config.Settings) -> dict[str, str]:
+    """The store's own keys, from ``OMI_STORE_SECRET`` (a store outside AWS, such as OOS,
+    whose keys the function's role cannot be); none: boto3's standard chain."""
+    if not settings.store_secret:
+        return {}
+    # The same secret layout and cached read (Powertools Parameters) as the signing keys.
+    keys = signing.load_keys(settings.store_secret, "", settings.temporary_credentials_lifetime)
+    return {"aws_access_key_id": keys.access_key, "aws_secret_access_key": keys.secret_key}
+
+
+def s3_client(settings: config.Settings, region: str | None = None) -> Any:
     import boto3
     from botocore.config import Config
 
     return boto3.client(
         "s3",
         endpoint_url=settings.endpoint_url,
-        region_name=settings.region,
+        region_name=region or settings.region,
         config=Config(signature_version="s3v4", retries=RETRIES),
+        **store_credentials(settings),
     )
 
 
+def bucket_region(client: Any, bucket: str) -> str:
+    """The bucket's region as the store tells it (GetBucketLocation)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        found = client.get_bucket_location(Bucket=bucket).get("LocationConstraint") or ""
+    except (ClientError, BotoCoreError) as error:
+        raise RuntimeError(
+            f"cannot tell the region of bucket {bucket}: none is configured and the store "
+            f"did not say ({error}) - set OMI_REGION or AWS_DEFAULT_REGION"
+        ) from None
+    return LOCATIONS.get(found, found)
+
+
+def with_region(settings: config.Settings, client: Any | None = None) -> config.Settings:
+    """``settings`` with the bucket's region: configured, or else asked of the store once."""
+    if settings.region:
+        return settings
+    # Any region can ask; us-east-1 is the one every S3 endpoint answers for.
+    asking = client or s3_client(settings, region="us-east-1")
+    return replace(settings, region=bucket_region(asking, settings.bucket))
+
+
 def build_pipeline(settings: config.Settings, client: Any | None = None) -> Pipeline:
+    settings = with_region(settings, client)
     store = Store(client or s3_client(settings), settings)
 
     def keys() -> signing.SigningKeys:

@@ -206,6 +206,8 @@ class Store:
         self.bucket = settings.bucket
         self.state = settings.state_prefix
         self.manifest_prefix = settings.manifest_prefix
+        self.keeps_put_tags: bool | None = None  # tags sent with PutObject; None: not known yet
+        self.tags_checked = False  # PutObjectTagging seen to keep them
 
     # --- snapshot objects ------------------------------------------------------
 
@@ -431,7 +433,13 @@ class Store:
     # --- manifests -------------------------------------------------------------------
 
     def put_manifest(self, key: str, body: bytes, tags: dict[str, str]) -> None:
-        """Body and URL tags in one request: readers never see one without the other."""
+        """Body and URL tags in one request: readers never see one without the other.
+
+        Some stores (s3rver) ignore tags sent with PutObject. The first manifest this
+        process writes is read back to learn which kind the store is (one request per
+        process); on such a store the tags are then put separately, and checked the
+        first time, so that the URL is always readable where the store keeps tags at all.
+        """
         tagging = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in tags.items())
         self.client.put_object(
             Bucket=self.bucket,
@@ -440,6 +448,20 @@ class Store:
             ContentType="application/json",
             Tagging=tagging,
         )
+        if self.keeps_put_tags is None:
+            self.keeps_put_tags = self.tags(key) == tags
+        if self.keeps_put_tags:
+            return
+        self.put_tags(key, tags)
+        if not self.tags_checked:
+            kept = self.tags(key)
+            if kept != tags:
+                names = sorted(kept or {})
+                raise RuntimeError(
+                    f"the store did not keep the URL tags of {key} (read back: {names}) - "
+                    "the manifest's URL cannot be stored; use a store that supports tagging"
+                )
+            self.tags_checked = True
 
     def delete_manifest(self, key: str) -> None:
         self._delete(key)

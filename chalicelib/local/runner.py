@@ -21,7 +21,12 @@ from .delivery import NotificationPump, chalice_handler
 from .server import EmbeddedServer
 
 PROJECT_DIR = str(Path(__file__).resolve().parents[2])
-LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+# The embedded server's bucket is created here, so its region is ours to choose.
+LOCAL_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "eu-west-2",
+}
 DEFAULT_BUCKET = "omi-snapshots"
 
 
