@@ -285,13 +285,15 @@ class Pipeline:
         if previous and previous.get("expiry_marker") not in (None, expiry_marker):
             self.store.delete_expiry(previous["expiry_marker"])
         count("ManifestsPublished")
+        expires = signing.format_expiry(expires_at)
         logger.info(
             "manifest published",
             extra={
                 "omi": image.name,
                 "manifest": target,
                 "snapshots": len(image.snapshots),
-                "expires": signing.format_expiry(expires_at),
+                "expires": expires,
+                "change": f"{image.name}: published {target} (expires {expires})",
             },
         )
         status = convention.status_published(target)
@@ -331,7 +333,14 @@ class Pipeline:
         self.store.delete_manifest(published["manifest"])
         self.store.delete_expiry(published["expiry_marker"])
         count("ManifestsWithdrawn")
-        logger.info("manifest withdrawn", extra={"omi": name, "manifest": published["manifest"]})
+        logger.info(
+            "manifest withdrawn",
+            extra={
+                "omi": name,
+                "manifest": published["manifest"],
+                "change": f"{name}: withdrawn {published['manifest']}",
+            },
+        )
 
     def _write_statuses(
         self, statuses: dict[str, str], trigger: tuple[str, dict[str, str]] | None
@@ -347,5 +356,9 @@ class Pipeline:
                 "status not written: the object already has 10 tags",
                 extra={"key": key, "status": status},
             )
-        if status.startswith("error:") and outcome == "written":
+        if outcome != "written":
+            return
+        if status.startswith("error:"):
             count("SnapshotErrors")
+        if not status.startswith("published:"):  # a publication is told once, for its OMI
+            logger.info("status written", extra={"key": key, "change": f"{key}: {status}"})
