@@ -413,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def explain(error: Exception) -> str | None:
     """The one line a user reads for an error that is theirs to fix, or None."""
+    from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import (
         ClientError,
         ConnectionError,
@@ -420,8 +421,6 @@ def explain(error: Exception) -> str | None:
         NoRegionError,
         PartialCredentialsError,
     )
-
-    from boto3.exceptions import S3UploadFailedError
 
     from .local.server import PortInUse
 

@@ -207,3 +207,61 @@ def test_command_errors_say_what_is_wrong(store, tmp_path):
     assert (done.returncode, done.stdout.strip()) == (1, "no OMI nothing-here")
     done = omi("status", *bucket_args(store))
     assert (done.returncode, done.stdout.strip()) == (0, f"no snapshots in {store.bucket} yet")
+
+
+def test_status_name_lists_every_problem_and_names_the_unnamed(store):
+    store.put_object(
+        Bucket=store.bucket,
+        Key="multi/sda1.raw",
+        Body=qcow2_image(GIB),
+        Tagging="omi:devcie=/dev/sda1",
+    )
+    store.put_object(Bucket=store.bucket, Key="loose.qcow2", Body=qcow2_image(GIB))
+    assert omi("run", "--once", *bucket_args(store)).returncode == 1
+    table = omi("status", *bucket_args(store)).stdout.splitlines()
+    assert table[1].startswith("(no omi:name)  1/1        error")
+    assert table[2].split()[:3] == ["multi", "1/1", "error"]
+    assert table[2].endswith(" +1 more")
+    done = omi("status", "multi", *bucket_args(store))
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[2:] == [
+        "",
+        "multi/sda1.raw: 2 problem(s)",
+        "  - unknown tag omi:devcie - known tags are omi: followed by name device ordering "
+        "volume-type iops delete-on-termination size snapshots architecture product-type "
+        "description account",
+        "  - file named .raw is a qcow2 image - rename it to .qcow2",
+    ]
+
+
+def test_run_workers_handles_events_at_once(store, tmp_path):
+    process = subprocess.Popen(
+        [str(BIN / "omi-manifest"), "run", "--port", "0", "--workers", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=command_env(),
+    )
+    try:
+        intro = []
+        while not intro or intro[-1] != "Changes, one line each:\n":
+            intro.append(process.stdout.readline())
+            assert intro[-1], "run stopped before it was ready"
+        assert any("bucket events, 3 workers;" in line for line in intro)
+        endpoint = re.search(r"endpoint: (\S+)", "".join(intro)).group(1)
+        disks = []
+        for number in range(6):
+            disk = tmp_path / f"disk{number}.qcow2"
+            disk.write_bytes(qcow2_image(GIB))
+            disks.append(disk)
+        for number, disk in enumerate(disks):
+            folder = f"s3://omi-snapshots/omi-{number}/"
+            assert omi("put", "--endpoint-url", endpoint, str(disk), folder).returncode == 0
+        status = ["status", "--endpoint-url", endpoint, "--bucket", "omi-snapshots"]
+        wait_for(lambda: omi(*status).stdout.count(" published ") == 6, what="six manifests")
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, errors = process.communicate(timeout=60)
+    assert process.returncode == 0 and errors == ""
+    published = set(re.findall(r" (omi-\d): published", output))
+    assert published == {f"omi-{n}" for n in range(6)}
