@@ -405,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser(
         "validate",
         help="check a hand-written manifest (fields and rules: docs/manifest.md)",
+        description="Check a hand-written OMI import manifest: valid JSON (a missing comma is "
+        "shown where), and every field as docs/manifest.md in the repository describes it.",
     )
     validate.add_argument("file")
     validate.set_defaults(handler=cmd_validate)

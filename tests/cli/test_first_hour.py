@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import threading
@@ -17,7 +18,7 @@ from chalicelib import manifest, runtime
 from chalicelib.local.runner import LocalRun, RunOptions
 from chalicelib.local.samples import qcow2_image
 from tests import images
-from tests.cli.conftest import BIN, CREDENTIALS, command_env, free_port, omi, wait_for
+from tests.cli.conftest import BIN, CREDENTIALS, PROJECT, command_env, free_port, omi, wait_for
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -326,8 +327,8 @@ def mistakes(store, tmp_path, quiet_store, moto_port):
             "bucket no-such-bucket does not exist - check the bucket name and the endpoint",
         ),
         (
-            ["run", "--endpoint-url", quiet_store, "--bucket", "b"],
-            {},
+            ["run", "--bucket", "b"],
+            {"OMI_ENDPOINT_URL": quiet_store},
             f"{quiet_store} cannot send bucket notifications to a queue "
             "(CreateQueue: HTTP 501) - run with --poll SECONDS to find changes by listing",
         ),
@@ -366,3 +367,17 @@ def test_version():
     done = omi("--version")
     assert done.returncode == 0
     assert done.stdout.startswith("omi-manifest ")
+
+
+def test_docs_stand_alone_in_a_clone():
+    """Every relative link of the README and docs/ resolves inside the repository; the
+    help cites the repository's own reference."""
+    pages = [PROJECT / "README.md", *sorted((PROJECT / "docs").glob("*.md"))]
+    for page in pages:
+        text = page.read_text()
+        assert "../shared" not in text and "spec section" not in text.lower(), page
+        for target in re.findall(r"\]\(([^)#]+)\)", text):
+            if "://" not in target:
+                assert (page.parent / target).resolve().is_relative_to(PROJECT), target
+                assert (page.parent / target).exists(), f"{page.name} links to {target}"
+    assert "docs/manifest.md" in omi("validate", "--help").stdout
