@@ -157,8 +157,7 @@ def cmd_url(args: argparse.Namespace) -> int:
     tags = runtime.build_pipeline(settings).store.tags(key)
     url = signing.url_from_tags(tags or {})
     if url is None:
-        print(f"omi-manifest: no published manifest for {args.name} ({key})", file=sys.stderr)
-        return 1
+        raise CommandError(f"no published manifest for {args.name} ({key})")
     print(url)
     return 0
 
@@ -235,25 +234,20 @@ def cmd_put(args: argparse.Namespace) -> int:
     from .pipeline import manifest_key
 
     for path in args.files:
-        if not os.path.isfile(path):
-            raise CommandError(f"cannot read {path}: not a file")
+        if os.path.isdir(path):
+            raise CommandError(f"{path} is a directory - give disk image files")
+        os.stat(path)  # a missing file fails here, before anything is uploaded
     settings = bucket_settings(args)
-    try:
-        bucket, uploads = put.plan_uploads(args.files, args.destination, vars(args), settings)
-    except put.PutError as error:
-        raise CommandError(str(error)) from None
+    bucket, uploads = put.plan_uploads(args.files, args.destination, vars(args), settings)
     settings = replace(settings, bucket=bucket)
     pipeline = runtime.build_pipeline(settings)
     put.upload_all(pipeline.store.client, bucket, uploads, print)
     if not args.wait:
         return 0
     name = put.omi_name(uploads[0])
-    try:
-        url, statuses = put.wait_for_manifest(
-            pipeline.store.tags, uploads, manifest_key(settings.manifest_prefix, name), args.timeout
-        )
-    except put.PutError as error:
-        raise CommandError(str(error)) from None
+    url, statuses = put.wait_for_manifest(
+        pipeline.store.tags, uploads, manifest_key(settings.manifest_prefix, name), args.timeout
+    )
     if url is None:
         for key, status in statuses.items():
             print(f"{key}: {status or 'no status yet'}")
@@ -424,11 +418,12 @@ def explain(error: Exception) -> str | None:
         PartialCredentialsError,
     )
 
+    from .local.put import PutError
     from .local.server import PortInUse
 
     if isinstance(error, S3UploadFailedError) and isinstance(error.__context__, Exception):
         return explain(error.__context__)  # a transfer's wrapping of the store's answer
-    if isinstance(error, CommandError | PortInUse):
+    if isinstance(error, CommandError | PortInUse | PutError):
         return str(error)
     if isinstance(error, NoCredentialsError | PartialCredentialsError):
         return (

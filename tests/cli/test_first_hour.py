@@ -307,7 +307,7 @@ def mistakes(store, tmp_path, quiet_store, moto_port):
         (
             ["put", str(missing), f"s3://{store.bucket}/upload/", *at],
             {},
-            f"cannot read {missing}: not a file",
+            f"cannot read {missing}: No such file or directory",
         ),
         (
             ["put", str(binary), f"s3://{store.bucket}/x", *at],
