@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import pty
 import re
-import select
 import signal
 import subprocess
 import sys
 
 from chalicelib.local.samples import gzipped, qcow2_image
-from tests.cli.conftest import BIN, PROJECT, command_env, omi, wait_for
+from tests.cli.conftest import BIN, PROJECT, command_env, omi, on_a_terminal, wait_for
 
 GIB = 1 << 30
 AWS_CLI_URL_QUERY = (
@@ -151,25 +148,8 @@ def test_validate_points_at_the_missing_comma(tmp_path):
 def test_inspect_progress_bar_only_on_a_terminal(tmp_path):
     path = tmp_path / "big.raw.gz"
     path.write_bytes(gzipped(b"\0" * (64 << 20)))
-    leader, follower = pty.openpty()
-    process = subprocess.Popen(
-        [str(BIN / "omi-manifest"), "inspect", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=follower,
-        env=command_env(),
-    )
-    process.communicate(timeout=60)
-    os.close(follower)
-    shown = b""
-    while select.select([leader], [], [], 0.5)[0]:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(leader)
+    status, shown = on_a_terminal("inspect", str(path))
+    assert status == 0
     assert b"sizing raw.gz [##############################] 100%" in shown
     piped = omi("inspect", str(path))
     assert "sizing" not in piped.stderr and piped.returncode == 0

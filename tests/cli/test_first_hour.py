@@ -18,7 +18,16 @@ from chalicelib import manifest, runtime
 from chalicelib.local.runner import LocalRun, RunOptions
 from chalicelib.local.samples import qcow2_image
 from tests import images
-from tests.cli.conftest import BIN, CREDENTIALS, PROJECT, command_env, free_port, omi, wait_for
+from tests.cli.conftest import (
+    BIN,
+    CREDENTIALS,
+    PROJECT,
+    command_env,
+    free_port,
+    omi,
+    on_a_terminal,
+    wait_for,
+)
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -202,6 +211,17 @@ def test_put_wait_publishes_two_disks_with_no_interim_manifest(local_run, tmp_pa
     written = local.server.requests
     assert written.written("Post", "/omi-snapshots/db-server/data.raw") >= 1  # multipart
     assert written.written("PutObject", "/omi-snapshots/manifests/") == 1
+
+
+def test_put_shows_progress_only_on_a_terminal(local_run, tmp_path):
+    _, settings = local_run
+    disk = images.raw_with_data(tmp_path / "sda1.raw", 16 * MIB)
+    at = ["--endpoint-url", settings.endpoint_url]
+    status, shown = on_a_terminal("put", *at, str(disk), "s3://omi-snapshots/progress/")
+    assert status == 0
+    assert b"progress/sda1.raw [##############################] 100%" in shown
+    done = omi("put", *at, str(disk), "s3://omi-snapshots/progress-piped/")
+    assert (done.returncode, done.stderr) == (0, "")
 
 
 def test_put_wait_reports_the_error_statuses(local_run, tmp_path):
