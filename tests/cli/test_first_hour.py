@@ -210,7 +210,7 @@ def test_put_wait_publishes_two_disks_with_no_interim_manifest(local_run, tmp_pa
     assert fetch(snapshots[1]["PreSignedUrl"]) == second.read_bytes()
     written = local.server.requests
     assert written.written("Post", "/omi-snapshots/db-server/data.raw") >= 1  # multipart
-    assert written.written("PutObject", "/omi-snapshots/manifests/") == 1
+    assert written.written("PutObject", "/omi-snapshots/manifests/db-server") == 1
 
 
 def test_put_shows_progress_only_on_a_terminal(local_run, tmp_path):
