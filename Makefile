@@ -16,6 +16,13 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt -r requirements-dev.txt
 	$(BIN)/pip install --quiet --no-deps -e .
+	@# The command on every shell's PATH: linked into /usr/local/bin when root.
+	@if [ "$$(id -u)" = 0 ] && [ -d /usr/local/bin ]; then \
+	  ln -sf "$(CURDIR)/$(BIN)/omi-manifest" /usr/local/bin/omi-manifest && \
+	  echo "omi-manifest: linked into /usr/local/bin"; \
+	else \
+	  echo "omi-manifest: $(CURDIR)/$(BIN)/omi-manifest (add $(CURDIR)/$(BIN) to PATH)"; \
+	fi
 	touch $(STAMP)
 
 # End-to-end tests also run against s3rver, an independent S3 server (npm, pinned in

@@ -4,31 +4,55 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from .inspection import FileReader, Inspection, Reader, S3Reader, inspect_snapshot
 
 if TYPE_CHECKING:
+    from . import scheduler
     from .config import Settings
 
 
-def _reader_for(location: str, endpoint_url: str | None) -> tuple[Reader, str]:
+class CommandError(Exception):
+    """A mistake the user can fix, told in one line; the command exits 1."""
+
+
+def endpoint_of(args: argparse.Namespace) -> str | None:
+    """``--endpoint-url``, else ``OMI_ENDPOINT_URL``; it must be a URL, not a host name."""
+    endpoint = getattr(args, "endpoint_url", None) or os.environ.get("OMI_ENDPOINT_URL") or None
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise CommandError(
+            f"endpoint {endpoint} must start with http:// or https:// (e.g. http://{endpoint})"
+        )
+    return endpoint
+
+
+def _reader_for(location: str, args: argparse.Namespace) -> tuple[Reader, str]:
     """A reader for a local path or an ``s3://bucket/key`` location, and the key it names."""
     if location.startswith("s3://"):
         bucket, _, key = location[5:].partition("/")
         if not bucket or not key:
-            raise SystemExit(f"omi-manifest: {location} is not s3://BUCKET/KEY")
-        import boto3
+            raise CommandError(f"{location} is not s3://BUCKET/KEY")
+        from botocore.exceptions import ClientError
 
-        client = boto3.client("s3", endpoint_url=endpoint_url)
-        return S3Reader(client, bucket, key), key
-    try:
-        return FileReader(location), location
-    except OSError as error:
-        raise SystemExit(f"omi-manifest: cannot read {location}: {error.strerror}") from None
+        from . import runtime
+
+        client = runtime.s3_client(bucket_settings(args))
+        try:
+            return S3Reader(client, bucket, key), key
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                raise CommandError(f"{location}: no such object") from None
+            raise
+    if os.path.isdir(location):
+        raise CommandError(f"{location} is a directory - give one disk image file")
+    return FileReader(location), location
 
 
 def _human_size(count: int) -> str:
@@ -59,26 +83,12 @@ def format_inspection(location: str, found: Inspection) -> str:
     return "\n".join(lines)
 
 
-def _progress_bar(total: int) -> object:
-    """A one-line progress bar on stderr for long raw.gz streams."""
-    width = 30
-
-    def show(done: int) -> None:
-        share = done / max(total, 1)
-        filled = int(width * share)
-        bar = "#" * filled + "." * (width - filled)
-        sys.stderr.write(f"\rsizing raw.gz [{bar}] {share:4.0%}")
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-    return show
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
-    reader, key = _reader_for(args.location, args.endpoint_url)
+    from .local.console import progress_bar
+
+    reader, key = _reader_for(args.location, args)
     show_progress = not args.json and sys.stderr.isatty()
-    progress = _progress_bar(reader.size) if show_progress else None
+    progress = progress_bar("sizing raw.gz", reader.size) if show_progress else None
     found = inspect_snapshot(reader, key, size_hint=args.size, progress=progress)
     if args.json:
         print(json.dumps(found.to_dict(), indent=2))
@@ -92,13 +102,14 @@ def bucket_settings(args: argparse.Namespace) -> Settings:
     from . import config
 
     settings = config.load()
-    if args.bucket:
+    if getattr(args, "bucket", None):
         settings = replace(settings, bucket=args.bucket)
-    if args.endpoint_url:
+    endpoint = endpoint_of(args)
+    if endpoint:
         settings = replace(
             settings,
-            endpoint_url=args.endpoint_url,
-            public_endpoint_url=settings.public_endpoint_url or args.endpoint_url,
+            endpoint_url=endpoint,
+            public_endpoint_url=settings.public_endpoint_url or endpoint,
         )
     return settings
 
@@ -111,16 +122,19 @@ def cmd_resign(args: argparse.Namespace) -> int:
     report = scheduler.Pass(
         runtime.build_pipeline(settings), renew_before, check_tags=args.check_tags
     ).run()
-    for outcome, number in sorted(report.outcomes.items()):
-        print(f"{outcome}: {number}")
-    if not report.outcomes:
-        print("nothing to do")
+    print(format_report(report))
     return 1 if report.outcomes["failed"] else 0
+
+
+def format_report(report: scheduler.PassReport) -> str:
+    """A pass's counts, one per line (``renewed: 1``)."""
+    lines = [f"{outcome}: {number}" for outcome, number in sorted(report.outcomes.items())]
+    return "\n".join(lines) or "nothing to do"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from . import runtime
-    from .overview import format_table, omi_statuses
+    from .overview import format_details, format_table, omi_statuses
 
     settings = bucket_settings(args)
     pipeline = runtime.build_pipeline(settings)
@@ -129,6 +143,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"no OMI {args.name}" if args.name else f"no snapshots in {settings.bucket} yet")
         return 1 if args.name else 0
     print(format_table(statuses))
+    if args.name is not None:
+        print(format_details(statuses[0]))
     return 1 if any(s.state == "error" for s in statuses) else 0
 
 
@@ -141,8 +157,7 @@ def cmd_url(args: argparse.Namespace) -> int:
     tags = runtime.build_pipeline(settings).store.tags(key)
     url = signing.url_from_tags(tags or {})
     if url is None:
-        print(f"omi-manifest: no published manifest for {args.name} ({key})", file=sys.stderr)
-        return 1
+        raise CommandError(f"no published manifest for {args.name} ({key})")
     print(url)
     return 0
 
@@ -150,12 +165,13 @@ def cmd_url(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from . import manifest
 
+    if os.path.isdir(args.file):
+        raise CommandError(f"{args.file} is a directory - give a manifest file")
     try:
         with open(args.file, encoding="utf-8") as handle:
             text = handle.read()
-    except OSError as error:
-        print(f"omi-manifest: cannot read {args.file}: {error.strerror}", file=sys.stderr)
-        return 2
+    except UnicodeDecodeError:
+        raise CommandError(f"{args.file} is not UTF-8 text - a manifest is a JSON file") from None
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
@@ -186,16 +202,24 @@ def _json_hint(text: str, error: json.JSONDecodeError) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from .local.runner import LocalRun, RunOptions
 
+    if args.workers < 1:
+        raise CommandError("--workers must be at least 1")
     options = RunOptions(
-        endpoint_url=args.endpoint_url,
+        endpoint_url=endpoint_of(args),
         bucket=args.bucket,
         port=args.port,
         poll=args.poll,
         once=args.once,
         schedule=args.schedule,
         check_tags=args.check_tags,
+        workers=args.workers,
     )
+    signal.signal(signal.SIGTERM, _interrupt)  # a service manager stops it as Ctrl-C does
     return LocalRun(options).run()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -204,11 +228,58 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
-def _bucket_options(command: argparse.ArgumentParser) -> None:
-    command.add_argument(
-        "--endpoint-url", help="S3-compatible endpoint (default: AWS, or OMI_ENDPOINT_URL)"
+def cmd_put(args: argparse.Namespace) -> int:
+    from . import runtime
+    from .local import put
+    from .pipeline import manifest_key
+
+    for path in args.files:
+        if os.path.isdir(path):
+            raise CommandError(f"{path} is a directory - give disk image files")
+        os.stat(path)  # a missing file fails here, before anything is uploaded
+    settings = bucket_settings(args)
+    bucket, uploads = put.plan_uploads(args.files, args.destination, vars(args), settings)
+    settings = replace(settings, bucket=bucket)
+    pipeline = runtime.build_pipeline(settings)
+    put.upload_all(pipeline.store.client, bucket, uploads, print)
+    if not args.wait:
+        return 0
+    name = put.omi_name(uploads[0])
+    url, statuses = put.wait_for_manifest(
+        pipeline.store.tags, uploads, manifest_key(settings.manifest_prefix, name), args.timeout
     )
-    command.add_argument("--bucket", help="the snapshot bucket (default: OMI_BUCKET)")
+    if url is None:
+        for key, status in statuses.items():
+            print(f"{key}: {status or 'no status yet'}")
+        return 1
+    print(url)
+    return 0
+
+
+def _bucket_options(command: argparse.ArgumentParser, bucket: bool = True) -> None:
+    command.add_argument(
+        "--endpoint-url", help="S3-compatible endpoint (default: OMI_ENDPOINT_URL, else AWS)"
+    )
+    if bucket:
+        command.add_argument("--bucket", help="the snapshot bucket (default: OMI_BUCKET)")
+
+
+def _log_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--log-format",
+        choices=("console", "json"),
+        default="console",
+        help="console: one readable line per change (default); json: the Lambda log records",
+    )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("omi-manifest")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,7 +287,36 @@ def build_parser() -> argparse.ArgumentParser:
         prog="omi-manifest",
         description="Turn disk snapshots in a bucket into a signed OUTSCALE OMI import manifest.",
     )
+    parser.add_argument("--version", action="version", version=f"omi-manifest {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    put = commands.add_parser(
+        "put",
+        help="upload one OMI's snapshots with their omi: tags set at creation",
+        description="Upload one OMI's snapshot files with their omi: tags set by the upload "
+        "itself (multipart for large files), so the pipeline never sees them untagged. "
+        "Devices come from the file names when every name is a device (sda1.qcow2, "
+        "sdb.qcow2), else from the order given: /dev/sda1, /dev/sdb, /dev/sdc...",
+    )
+    put.add_argument("files", nargs="+", metavar="FILE", help="snapshot files, first disk first")
+    put.add_argument("destination", metavar="s3://BUCKET/PREFIX/", help="where the files go")
+    put.add_argument("--omi", metavar="NAME", help="the OMI name (default: the PREFIX folder)")
+    put.add_argument("--description", help="omi:description")
+    put.add_argument("--volume-type", choices=("standard", "gp2", "io1"), help="omi:volume-type")
+    put.add_argument("--iops", help="omi:iops (io1 only)")
+    put.add_argument("--architecture", choices=("x86_64", "i386"), help="omi:architecture")
+    put.add_argument("--product-type", help="omi:product-type, e.g. 0001 (several: '0001 0002')")
+    put.add_argument(
+        "--delete-on-termination", choices=("true", "false"), help="omi:delete-on-termination"
+    )
+    put.add_argument("--account", help="omi:account (the manifest's User)")
+    put.add_argument("--wait", action="store_true", help="wait for the manifest and print its URL")
+    put.add_argument(
+        "--timeout", type=float, default=600.0, metavar="SECONDS", help="of --wait (600)"
+    )
+    _bucket_options(put, bucket=False)
+    put.set_defaults(handler=cmd_put)
+
     inspect = commands.add_parser(
         "inspect", help="what the pipeline would record for one file (local path or s3://B/K)"
     )
@@ -225,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument(
         "--size", type=int, help="virtual size hint for raw.gz, as the omi:size tag gives"
     )
-    inspect.add_argument("--endpoint-url", help="S3-compatible endpoint for s3:// locations")
+    _bucket_options(inspect, bucket=False)
     inspect.set_defaults(handler=cmd_inspect)
 
     resign = commands.add_parser("resign", help="one re-sign and reconcile pass now")
@@ -241,13 +341,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also re-read every object's tags, to repair tagging events that were lost",
     )
+    _log_options(resign)
     resign.set_defaults(handler=cmd_resign)
 
     run = commands.add_parser(
         "run", help="the pipeline on this machine (default: an embedded S3 server)"
     )
     _bucket_options(run)
-    run.add_argument("--port", type=int, default=5050, help="embedded server port (0: any)")
+    run.add_argument(
+        "--port", type=int, default=5050, help="embedded server port (default 5050; 0: any)"
+    )
     run.add_argument(
         "--poll",
         type=float,
@@ -255,7 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="find changes by listing, for stores that send no events",
     )
     run.add_argument(
-        "--once", action="store_true", help="one full pass, then exit (1 if any OMI is in error)"
+        "--once",
+        action="store_true",
+        help="one full pass, then exit (1 if anything failed or any OMI is in error)",
     )
     run.add_argument(
         "--schedule",
@@ -267,14 +372,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--check-tags", action="store_true", help="passes also re-read every object's tags"
     )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="handle N events at a time, as Lambda runs concurrent invocations (default 1)",
+    )
+    _log_options(run)
     run.set_defaults(handler=cmd_run)
 
     demo = commands.add_parser("demo", help="end to end in one go on the embedded server")
+    _log_options(demo)
     demo.set_defaults(handler=cmd_demo)
 
     status = commands.add_parser("status", help="each OMI: snapshots, state, URL expiry")
     _bucket_options(status)
-    status.add_argument("name", nargs="?", help="one OMI only")
+    status.add_argument("name", nargs="?", help="one OMI only, with every problem of each file")
     status.set_defaults(handler=cmd_status)
 
     url = commands.add_parser("url", help="print an OMI's manifest URL, rebuilt from its tags")
@@ -283,16 +397,88 @@ def build_parser() -> argparse.ArgumentParser:
     url.set_defaults(handler=cmd_url)
 
     validate = commands.add_parser(
-        "validate", help="check a hand-written manifest (spec section 2)"
+        "validate",
+        help="check a hand-written manifest (fields and rules: docs/manifest.md)",
+        description="Check a hand-written OMI import manifest: valid JSON (a missing comma is "
+        "shown where), and every field as docs/manifest.md in the repository describes it.",
     )
     validate.add_argument("file")
     validate.set_defaults(handler=cmd_validate)
     return parser
 
 
+def explain(error: Exception) -> str | None:
+    """The one line a user reads for an error that is theirs to fix, or None."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionError,
+        NoCredentialsError,
+        NoRegionError,
+        PartialCredentialsError,
+    )
+
+    from .local.put import PutError
+    from .local.server import PortInUse
+
+    if isinstance(error, S3UploadFailedError) and isinstance(error.__context__, Exception):
+        return explain(error.__context__)  # a transfer's wrapping of the store's answer
+    if isinstance(error, CommandError | PortInUse | PutError):
+        return str(error)
+    if isinstance(error, NoCredentialsError | PartialCredentialsError):
+        return (
+            "no AWS credentials - set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(or AWS_PROFILE) for the store"
+        )
+    if isinstance(error, NoRegionError):
+        return "no region - set AWS_DEFAULT_REGION or OMI_REGION"
+    if isinstance(error, ConnectionError):  # refused, timed out, unknown host
+        where = urlsplit(getattr(error, "kwargs", {}).get("endpoint_url", ""))
+        store = f"{where.scheme}://{where.netloc}" if where.netloc else "the store"
+        return f"cannot reach {store} - is it running, and is the endpoint URL right?"
+    if isinstance(error, ClientError):
+        found = error.response.get("Error", {})
+        code = found.get("Code", "")
+        if code == "NoSuchBucket":
+            bucket = found.get("BucketName") or "named"
+            return f"bucket {bucket} does not exist - check the bucket name and the endpoint"
+        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
+            return (
+                f"the store refused {error.operation_name} ({code}) - "
+                "check the credentials and what they may do on the bucket"
+            )
+        message = found.get("Message") or "no message"
+        return f"the store refused {error.operation_name}: {code} {message}".strip()
+    if isinstance(error, OSError) and error.strerror:
+        return f"cannot read {error.filename}: {error.strerror}" if error.filename else str(error)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Every mistake ends here as one line on stderr and exit status 1; usage errors
+    exit 2 (argparse); a bug shows its traceback only with OMI_DEBUG=1."""
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    from . import observability
+
+    if getattr(args, "log_format", "console") == "console":
+        observability.use_console()
+    else:
+        observability.quiet_metrics()
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        if os.environ.get("OMI_DEBUG"):
+            raise
+        message = explain(error)
+        if message is None:
+            message = (
+                f"unexpected {type(error).__name__}: {error} - "
+                "run again with OMI_DEBUG=1 for the details"
+            )
+        print(f"omi-manifest: {message.splitlines()[0]}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -5,10 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .convention import Defaults
-from .grouping import plan_group
+from .grouping import Member, plan_group
 from .pipeline import current_markers, manifest_key
 from .signing import format_expiry
-from .store import Store
+from .store import Publication, Store
+
+NO_NAME = "(no omi:name)"  # files at the bucket root without the tag share no OMI
+
+
+@dataclass(frozen=True)
+class SnapshotState:
+    """One file of an OMI: every problem recorded for it, or the status it has."""
+
+    key: str
+    status: str
+    problems: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -20,35 +31,52 @@ class OmiStatus:
     expires: str | None = None
     manifest: str | None = None
     error: str | None = None
+    snapshots: tuple[SnapshotState, ...] = ()
+
+
+def _groups(store: Store, name: str | None) -> dict[str, tuple[list[Member], Publication | None]]:
+    """Every group's member records and publication: the only reads of the state."""
+    groups = {name: store.read_group(name)} if name is not None else store.list_groups()
+    return {
+        group: (
+            [m for mk in current_markers(found.markers) if (m := store.read_member(mk.state_key))],
+            found.published,
+        )
+        for group, found in sorted(groups.items())
+        if found.markers
+    }
 
 
 def omi_statuses(store: Store, defaults: Defaults, name: str | None = None) -> list[OmiStatus]:
     """One line per OMI (or just ``name``), from the state records."""
-    groups = {name: store.read_group(name)} if name is not None else store.list_groups()
     statuses = []
-    for group, records in sorted(groups.items()):
-        if not records.markers:
-            continue
-        found = current_markers(records.markers)
-        members = [m for mk in found if (m := store.read_member(mk.state_key))]
+    for group, (members, published) in _groups(store, name).items():
         plan = plan_group(group, members, defaults)
         errors = sorted(s for s in plan.statuses.values() if s.startswith("error: "))
-        published = records.published
         if errors:
             state, error = "error", errors[0].removeprefix("error: ")
         elif published:
             state, error = "published", None
         else:
             state, error = ("pending" if plan.image else "waiting"), None
+        snapshots = tuple(
+            SnapshotState(
+                key=member.key,
+                status=plan.statuses.get(member.key, state),
+                problems=tuple(member.problems),
+            )
+            for member in sorted(members, key=lambda m: m.key)
+        )
         statuses.append(
             OmiStatus(
-                name=group,
+                name=group or NO_NAME,
                 present=plan.present,
                 expected=plan.expected,
                 state=state,
                 expires=format_expiry(published.expires) if published else None,
                 manifest=manifest_key(store.manifest_prefix, group) if published else None,
                 error=error,
+                snapshots=snapshots,
             )
         )
     return statuses
@@ -67,3 +95,17 @@ def format_table(statuses: list[OmiStatus]) -> str:
         + row[4]
         for row in rows
     ).rstrip()
+
+
+def format_details(status: OmiStatus) -> str:
+    """Every file of one OMI, with every problem recorded for it (a status tag shows one)."""
+    lines = [""]
+    if status.manifest:
+        lines.append(f"manifest: {status.manifest} (URL expires {status.expires})")
+    for snapshot in status.snapshots:
+        if snapshot.problems:
+            lines.append(f"{snapshot.key}: {len(snapshot.problems)} problem(s)")
+            lines += [f"  - {problem}" for problem in snapshot.problems]
+        else:
+            lines.append(f"{snapshot.key}: {snapshot.status}")
+    return "\n".join(lines)

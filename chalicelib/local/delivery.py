@@ -13,7 +13,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..observability import logger
+
 IDLE_WAIT = 0.1
+ATTEMPTS = 3  # as Lambda tries an asynchronous invocation: once, then twice more
+RETRY_AFTER = 2  # seconds before a failed event is delivered again
 OBJECT_EVENTS = ["s3:ObjectCreated:*", "s3:ObjectRemoved:*", "s3:ObjectTagging:*"]
 
 Handler = Callable[[dict[str, Any]], None]
@@ -76,17 +80,40 @@ class NotificationPump:
         return self.delivered - before
 
     def _deliver_batch(self, handler: Handler, most: int, wait_seconds: int) -> int:
-        """Receive up to ``most`` messages, hand each S3 event to ``handler``; how many came."""
+        """Receive up to ``most`` messages, hand each S3 event to ``handler``; how many came.
+
+        A failed invocation is delivered again, ``ATTEMPTS`` times in all, as Lambda retries
+        it; then it is dropped with a warning, and the scheduled pass repairs its object.
+        """
         batch = self.sqs.receive_message(
-            QueueUrl=self.queue_url, MaxNumberOfMessages=most, WaitTimeSeconds=wait_seconds
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=most,
+            WaitTimeSeconds=wait_seconds,
+            AttributeNames=["ApproximateReceiveCount"],
         ).get("Messages", [])
         for message in batch:
             event = json.loads(message["Body"])
+            receipt = message["ReceiptHandle"]
             if event.get("Records"):
-                handler(event)
+                try:
+                    handler(event)
+                except Exception:
+                    attempt = int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1))
+                    if attempt < ATTEMPTS:
+                        self.sqs.change_message_visibility(
+                            QueueUrl=self.queue_url,
+                            ReceiptHandle=receipt,
+                            VisibilityTimeout=RETRY_AFTER,
+                        )
+                        continue
+                    key = event["Records"][0].get("s3", {}).get("object", {}).get("key")
+                    logger.warning(
+                        f"event dropped after {ATTEMPTS} attempts; the next pass repairs it",
+                        extra={"key": key},
+                    )
                 with self._lock:
                     self.delivered += 1
-            self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+            self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=receipt)
         return len(batch)
 
 

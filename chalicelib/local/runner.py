@@ -10,14 +10,18 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import time
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from botocore.exceptions import ClientError
+
 from .. import config, runtime, scheduler
+from ..cli import CommandError
+from ..observability import quiet_metrics
 from ..overview import omi_statuses
-from .delivery import NotificationPump, chalice_handler
+from .delivery import Handler, NotificationPump, chalice_handler
 from .server import EmbeddedServer
 
 PROJECT_DIR = str(Path(__file__).resolve().parents[2])
@@ -39,6 +43,7 @@ class RunOptions:
     once: bool = False
     schedule: float = 3600.0
     check_tags: bool = False
+    workers: int = 1
 
 
 class LocalRun:
@@ -46,12 +51,12 @@ class LocalRun:
         self.options = options
         self.say = say
         self.server: EmbeddedServer | None = None
+        self.stopping = threading.Event()
 
     def start(self) -> config.Settings:
         """Bring up the store (embedded unless given) and point the pipeline at it."""
         endpoint = self.options.endpoint_url
-        # CloudWatch metric lines mean nothing on a terminal.
-        os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+        quiet_metrics()
         if endpoint is None:
             for name, value in LOCAL_CREDENTIALS.items():
                 os.environ.setdefault(name, value)
@@ -71,6 +76,7 @@ class LocalRun:
         return settings
 
     def stop(self) -> None:
+        self.stopping.set()
         if self.server is not None:
             self.server.stop()
 
@@ -89,71 +95,105 @@ class LocalRun:
         ]
 
     def run(self) -> int:
-        settings = self.start()
+        return self.serve(self.start())
+
+    def serve(self, settings: config.Settings) -> int:
+        """Until Ctrl-C or ``stopping`` (or one pass with ``once``); stops the store after."""
         try:
             if self.options.once:
-                self.one_pass()
-                errors = self.errors()
-                for line in errors:
-                    self.say(f"error: {line}")
-                return 1 if errors else 0
-            self._announce(settings)
+                return self._once()
             if self.options.poll is not None:
+                self._announce(settings)
                 self._poll_forever(self.options.poll)
             else:
-                self._deliver_forever(settings)
+                pump, handler = self._connect(settings)
+                self._announce(settings)
+                self._deliver_forever(pump, handler)
         except KeyboardInterrupt:
             self.say("stopping")
         finally:
             self.stop()
         return 0
 
-    def _poll_forever(self, interval: float) -> None:
-        while True:
-            self.one_pass()
-            time.sleep(interval)
+    def _once(self) -> int:
+        """One pass; 1 when anything in it failed or any OMI is in error."""
+        failed = self.one_pass().outcomes["failed"]
+        if failed:
+            self.say(f"failed: {failed} (see the lines above; the next pass tries again)")
+        errors = self.errors()
+        for line in errors:
+            self.say(f"error: {line}")
+        return 1 if errors or failed else 0
 
-    def _deliver_forever(self, settings: config.Settings) -> None:
+    def _poll_forever(self, interval: float) -> None:
+        while not self.stopping.is_set():
+            self.one_pass()
+            self.stopping.wait(interval)
+
+    def _connect(self, settings: config.Settings) -> tuple[NotificationPump, Handler]:
+        """Point the bucket's notifications at a queue this run drains."""
         pipeline = runtime.pipeline()
-        sqs = sqs_client(settings)
-        pump = NotificationPump(pipeline.store.client, sqs, settings.bucket)
+        pump = NotificationPump(pipeline.store.client, sqs_client(settings), settings.bucket)
         try:
             pump.connect()
-        except Exception as error:  # the store has no SQS-style notifications
-            raise SystemExit(
-                f"omi-manifest: {settings.endpoint_url} sends no notifications ({error}) - "
-                "use --poll SECONDS"
+        except ClientError as error:  # no SQS-style notifications (XML in the message)
+            code = error.response.get("Error", {}).get("Code") or "an error"
+            code = f"HTTP {code}" if code.isdigit() else code
+            raise CommandError(
+                f"{settings.endpoint_url} cannot send bucket notifications to a queue "
+                f"({error.operation_name}: {code}) - run with --poll SECONDS to find changes "
+                "by listing"
             ) from None
-        handler = chalice_handler(PROJECT_DIR)
+        return pump, chalice_handler(PROJECT_DIR)
+
+    def _deliver_forever(self, pump: NotificationPump, handler: Handler) -> None:
+        """Events to the handler, ``workers`` at a time, while the pass keeps its schedule
+        (as in Lambda, a pass and events run at the same time)."""
         self.one_pass()  # what was there before we started
-        next_pass = time.monotonic() + self.options.schedule
-        while True:
-            pump.pump(handler, wait_seconds=1)
-            if time.monotonic() >= next_pass:
+        delivery = threading.Thread(
+            target=pump.pump_concurrently,
+            args=(handler, self.options.workers, self.stopping.is_set),
+            daemon=True,
+        )
+        delivery.start()
+        try:
+            while not self.stopping.wait(self.options.schedule):
                 self.one_pass()
-                next_pass = time.monotonic() + self.options.schedule
+        finally:
+            self.stopping.set()
+            delivery.join()
 
     def _announce(self, settings: config.Settings) -> None:
-        aws = shutil.which("aws", path=os.path.dirname(sys.executable)) or "aws"
-        credentials = (
-            "AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing " if self.server else ""
-        )
+        """Where things are, and lines that work as printed in a new terminal."""
+        tool = os.path.dirname(sys.executable)
+        aws = shutil.which("aws", path=tool) or "aws"
+        omi = shutil.which("omi-manifest", path=tool) or "omi-manifest"
+        env = f"AWS_DEFAULT_REGION={settings.region} "
+        if self.server:
+            env = " ".join(f"{k}={v}" for k, v in LOCAL_CREDENTIALS.items()) + " " + env
+        endpoint, bucket = settings.endpoint_url, settings.bucket
         mode = f"polling every {self.options.poll:g} s" if self.options.poll else "bucket events"
+        workers = f", {self.options.workers} workers" if self.options.workers > 1 else ""
+        where = " (embedded S3 server, in memory: gone when this stops)" if self.server else ""
         self.say(
             "\n".join(
                 [
                     "omi-manifest is running (Ctrl-C to stop)",
-                    f"  endpoint: {settings.endpoint_url}",
-                    f"  bucket:   {settings.bucket}",
-                    f"  changes:  {mode}; re-sign and reconcile every {self.options.schedule:g} s",
+                    f"  endpoint: {endpoint}{where}",
+                    f"  bucket:   {bucket}",
+                    f"  changes:  {mode}{workers}; re-sign and reconcile every "
+                    f"{self.options.schedule:g} s",
                     "",
-                    "Drop a snapshot in (another terminal):",
-                    f"  {credentials}AWS_DEFAULT_REGION={settings.region} "
-                    f"{aws} --endpoint-url {settings.endpoint_url} "
-                    f"s3 cp disk.qcow2 s3://{settings.bucket}/web-server/sda1.qcow2",
+                    "In another terminal, upload a snapshot with its tags and wait for its URL:",
+                    f"  {env}{omi} put --endpoint-url {endpoint} --wait disk.qcow2 "
+                    f"s3://{bucket}/web-server/",
+                    "or drop one with the AWS CLI:",
+                    f"  {env}{aws} --endpoint-url {endpoint} "
+                    f"s3 cp disk.qcow2 s3://{bucket}/app-server/sda1.qcow2",
                     "Then read the result:",
-                    f"  omi-manifest status --endpoint-url {settings.endpoint_url} "
-                    f"--bucket {settings.bucket}",
+                    f"  {env}{omi} status --endpoint-url {endpoint} --bucket {bucket}",
+                    "",
+                    "Changes, one line each:",
                 ]
             ),
         )

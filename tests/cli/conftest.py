@@ -88,3 +88,37 @@ def omi(*args: str, **kwargs) -> subprocess.CompletedProcess:
         env=command_env(),
         **kwargs,
     )
+
+
+def on_a_terminal(*args: str) -> tuple[int, bytes]:
+    """Run a command with its stderr on a pseudo-terminal; its exit status and what the
+    terminal showed (read while it runs, so a chatty command never blocks)."""
+    import pty
+    import threading
+
+    leader, follower = pty.openpty()
+    shown = bytearray()
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal closed
+                return
+            if not chunk:
+                return
+            shown.extend(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    process = subprocess.Popen(
+        [str(BIN / "omi-manifest"), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+        env=command_env(),
+    )
+    status = process.wait(timeout=300)
+    os.close(follower)
+    reader.join(timeout=60)
+    os.close(leader)
+    return status, bytes(shown)

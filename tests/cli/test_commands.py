@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import pty
 import re
-import select
 import signal
 import subprocess
 import sys
-from urllib.parse import parse_qs, urlsplit
-from urllib.request import urlopen
 
 from chalicelib.local.samples import gzipped, qcow2_image
-from tests.cli.conftest import BIN, PROJECT, command_env, omi, wait_for
+from tests.cli.conftest import BIN, PROJECT, command_env, omi, on_a_terminal, wait_for
 
 GIB = 1 << 30
 AWS_CLI_URL_QUERY = (
@@ -95,63 +90,6 @@ def test_run_poll_finds_new_files_and_stops_cleanly(store):
     assert "stopping" in output
 
 
-def test_make_run_line_drops_a_file_that_becomes_a_manifest(tmp_path):
-    """The embedded default, driven only by the AWS CLI line it prints."""
-    disk = tmp_path / "disk.qcow2"
-    disk.write_bytes(qcow2_image(GIB))
-    process = subprocess.Popen(
-        [str(BIN / "omi-manifest"), "run", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=tmp_path,
-        env=command_env(),
-    )
-    try:
-        lines = []
-        while not any(" s3 cp " in line for line in lines):
-            lines.append(process.stdout.readline())
-            assert lines[-1], "run stopped before printing its AWS CLI line"
-        aws_line = next(line for line in lines if " s3 cp " in line).strip()
-        endpoint = re.search(r"--endpoint-url (\S+)", aws_line).group(1)
-        subprocess.run(aws_line, shell=True, cwd=tmp_path, check=True, capture_output=True)
-        status_args = ["status", "--endpoint-url", endpoint, "--bucket", "omi-snapshots"]
-        wait_for(
-            lambda: "published" in omi(*status_args).stdout, what="the dropped file's manifest"
-        )
-        url = omi("url", "web-server", "--endpoint-url", endpoint, "--bucket", "omi-snapshots")
-        assert url.stdout.startswith(f"{endpoint}/omi-snapshots/manifests/web-server.json?")
-        # The README's recipe: the URL rebuilt with the AWS CLI alone.
-        rebuilt = subprocess.run(
-            [
-                str(BIN / "aws"),
-                "--endpoint-url",
-                endpoint,
-                "s3api",
-                "get-object-tagging",
-                "--bucket",
-                "omi-snapshots",
-                "--key",
-                "manifests/web-server.json",
-                "--query",
-                AWS_CLI_URL_QUERY,
-                "--output",
-                "text",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=command_env(),
-        ).stdout.strip()
-        assert parse_qs(urlsplit(rebuilt).query) == parse_qs(urlsplit(url.stdout.strip()).query)
-        with urlopen(rebuilt, timeout=30) as response:
-            assert json.loads(response.read())["Image"]["Name"] == "web-server"
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.communicate(timeout=30)
-    assert process.returncode == 0
-
-
 def test_demo_checks_out():
     done = omi("demo")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -210,25 +148,8 @@ def test_validate_points_at_the_missing_comma(tmp_path):
 def test_inspect_progress_bar_only_on_a_terminal(tmp_path):
     path = tmp_path / "big.raw.gz"
     path.write_bytes(gzipped(b"\0" * (64 << 20)))
-    leader, follower = pty.openpty()
-    process = subprocess.Popen(
-        [str(BIN / "omi-manifest"), "inspect", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=follower,
-        env=command_env(),
-    )
-    process.communicate(timeout=60)
-    os.close(follower)
-    shown = b""
-    while select.select([leader], [], [], 0.5)[0]:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(leader)
+    status, shown = on_a_terminal("inspect", str(path))
+    assert status == 0
     assert b"sizing raw.gz [##############################] 100%" in shown
     piped = omi("inspect", str(path))
     assert "sizing" not in piped.stderr and piped.returncode == 0
@@ -260,9 +181,67 @@ def test_command_errors_say_what_is_wrong(store, tmp_path):
         "omi-manifest: no published manifest for nothing-here (manifests/nothing-here.json)"
     )
     done = omi("validate", str(missing))
-    assert done.returncode == 2
+    assert done.returncode == 1
     assert done.stderr.strip() == f"omi-manifest: cannot read {missing}: No such file or directory"
     done = omi("status", "nothing-here", *bucket_args(store))
     assert (done.returncode, done.stdout.strip()) == (1, "no OMI nothing-here")
     done = omi("status", *bucket_args(store))
     assert (done.returncode, done.stdout.strip()) == (0, f"no snapshots in {store.bucket} yet")
+
+
+def test_status_name_lists_every_problem_and_names_the_unnamed(store):
+    store.put_object(
+        Bucket=store.bucket,
+        Key="multi/sda1.raw",
+        Body=qcow2_image(GIB),
+        Tagging="omi:devcie=/dev/sda1",
+    )
+    store.put_object(Bucket=store.bucket, Key="loose.qcow2", Body=qcow2_image(GIB))
+    assert omi("run", "--once", *bucket_args(store)).returncode == 1
+    table = omi("status", *bucket_args(store)).stdout.splitlines()
+    assert table[1].startswith("(no omi:name)  1/1        error")
+    assert table[2].split()[:3] == ["multi", "1/1", "error"]
+    assert table[2].endswith(" +1 more")
+    done = omi("status", "multi", *bucket_args(store))
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[2:] == [
+        "",
+        "multi/sda1.raw: 2 problem(s)",
+        "  - unknown tag omi:devcie - known tags are omi: followed by name device ordering "
+        "volume-type iops delete-on-termination size snapshots architecture product-type "
+        "description account",
+        "  - file named .raw is a qcow2 image - rename it to .qcow2",
+    ]
+
+
+def test_run_workers_handles_events_at_once(store, tmp_path):
+    process = subprocess.Popen(
+        [str(BIN / "omi-manifest"), "run", "--port", "0", "--workers", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=command_env(),
+    )
+    try:
+        intro = []
+        while not intro or intro[-1] != "Changes, one line each:\n":
+            intro.append(process.stdout.readline())
+            assert intro[-1], "run stopped before it was ready"
+        assert any("bucket events, 3 workers;" in line for line in intro)
+        endpoint = re.search(r"endpoint: (\S+)", "".join(intro)).group(1)
+        disks = []
+        for number in range(6):
+            disk = tmp_path / f"disk{number}.qcow2"
+            disk.write_bytes(qcow2_image(GIB))
+            disks.append(disk)
+        for number, disk in enumerate(disks):
+            folder = f"s3://omi-snapshots/omi-{number}/"
+            assert omi("put", "--endpoint-url", endpoint, str(disk), folder).returncode == 0
+        status = ["status", "--endpoint-url", endpoint, "--bucket", "omi-snapshots"]
+        wait_for(lambda: omi(*status).stdout.count(" published ") == 6, what="six manifests")
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, errors = process.communicate(timeout=60)
+    assert process.returncode == 0 and errors == ""
+    published = set(re.findall(r" (omi-\d): published", output))
+    assert published == {f"omi-{n}" for n in range(6)}

@@ -57,7 +57,8 @@ def test_external_data_file_is_named(tmp_path):
     assert "ext.data - merge it with qemu-img convert -O qcow2" in message
 
 
-def test_data_file_extension_without_feature_bit(tmp_path):
+def test_data_file_extension_without_feature_bit(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # qemu-img creates the relative data file in its directory
     path = images.create(tmp_path / "ext.qcow2", "qcow2", MIB, "data_file=ext.data")
     images.set_incompatible_bits(path, 0)
     with open(path, "r+b") as handle:  # clear bit 2, keep the extension
