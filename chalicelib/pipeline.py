@@ -166,6 +166,8 @@ class Pipeline:
         for _ in range(ROUNDS):
             state = self.store.object_state(key)
             if facts.finished_in(state):
+                if facts.group is not None and convention.STATUS not in facts.tags:
+                    self.evaluate(facts.group)  # a tag write of the user's dropped it
                 logger.debug("unchanged", extra={"key": key})
                 return
             self._apply(facts, state, touched)
@@ -178,11 +180,14 @@ class Pipeline:
 
     def _tags_settled(self, key: str) -> bool:
         """Two requests: the tags and the object's state; enough to see that a tagging
-        event (the pipeline's own status write, most often) changes nothing."""
+        event (the pipeline's own status write, most often) changes nothing: the user's
+        tags are those the object was processed with, and its status is there."""
         tags = self.store.tags(key)
         if tags is None:
             return False
         reserved = self.settings.reserved_prefixes
+        if convention.STATUS not in tags and convention.is_candidate(key, tags, reserved):
+            return False  # the user's tag write replaced the set: the status must come back
         state = self.store.object_state(key)
         if not convention.is_candidate(key, tags, reserved):
             return state.empty

@@ -81,10 +81,12 @@ class LocalRun:
             self.server.stop()
 
     def one_pass(self) -> scheduler.PassReport:
+        """A pass; one that polls a store without events, or a ``--once`` pass, reads every
+        object's tags, so that a tag change shows within one interval."""
         pipeline = runtime.pipeline()
-        return scheduler.Pass(
-            pipeline, pipeline.settings.renew_before, check_tags=self.options.check_tags
-        ).run()
+        options = self.options
+        every_tag = options.check_tags or options.poll is not None or options.once
+        return scheduler.Pass(pipeline, pipeline.settings.renew_before, check_tags=every_tag).run()
 
     def errors(self) -> list[str]:
         pipeline = runtime.pipeline()
