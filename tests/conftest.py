@@ -1,6 +1,8 @@
 import os
 
+import boto3
 import pytest
+from moto import mock_aws
 
 from tests import images
 
@@ -27,3 +29,23 @@ def samples(tmp_path_factory):
         "qcow2.gz": images.gzip_file(qcow2_from_raw),
         "vmdk": images.create(folder / "disk.vmdk", "vmdk", 16 * MIB),
     }
+
+
+RANGED_BUCKET = "snapshots"
+
+
+@pytest.fixture
+def ranged_s3():
+    """A moto bucket (``RANGED_BUCKET``) whose client records the Range of every GetObject."""
+    with mock_aws():
+        client = boto3.client("s3", region_name="eu-west-2")
+        client.create_bucket(
+            Bucket=RANGED_BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"}
+        )
+        ranges: list[str] = []
+        client.meta.events.register(
+            "provide-client-params.s3.GetObject",
+            lambda params, **_: ranges.append(params.get("Range", "whole object")),
+        )
+        client.ranges = ranges
+        yield client

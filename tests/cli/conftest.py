@@ -122,3 +122,15 @@ def on_a_terminal(*args: str) -> tuple[int, bytes]:
     reader.join(timeout=60)
     os.close(leader)
     return status, bytes(shown)
+
+
+# The AWS CLI alone rebuilding a manifest URL from its tags, as the README shows it.
+AWS_CLI_URL_QUERY = (
+    "join(``, [TagSet[?Key==`omi:url`].Value|[0], "
+    "`?X-Amz-Algorithm=`, TagSet[?Key==`X-Amz-Algorithm`].Value|[0], "
+    "`&X-Amz-Credential=`, TagSet[?Key==`X-Amz-Credential`].Value|[0], "
+    "`&X-Amz-Date=`, TagSet[?Key==`X-Amz-Date`].Value|[0], "
+    "`&X-Amz-Expires=`, TagSet[?Key==`X-Amz-Expires`].Value|[0], "
+    "`&X-Amz-SignedHeaders=`, TagSet[?Key==`X-Amz-SignedHeaders`].Value|[0], "
+    "`&X-Amz-Signature=`, TagSet[?Key==`X-Amz-Signature`].Value|[0]])"
+)

@@ -9,18 +9,16 @@ import subprocess
 import sys
 
 from chalicelib.local.samples import gzipped, qcow2_image
-from tests.cli.conftest import BIN, PROJECT, command_env, omi, on_a_terminal, wait_for
+from tests.cli.conftest import (
+    BIN,
+    PROJECT,
+    command_env,
+    omi,
+    on_a_terminal,
+    wait_for,
+)
 
 GIB = 1 << 30
-AWS_CLI_URL_QUERY = (
-    "join(``, [TagSet[?Key==`omi:url`].Value|[0], "
-    "`?X-Amz-Algorithm=`, TagSet[?Key==`X-Amz-Algorithm`].Value|[0], "
-    "`&X-Amz-Credential=`, TagSet[?Key==`X-Amz-Credential`].Value|[0], "
-    "`&X-Amz-Date=`, TagSet[?Key==`X-Amz-Date`].Value|[0], "
-    "`&X-Amz-Expires=`, TagSet[?Key==`X-Amz-Expires`].Value|[0], "
-    "`&X-Amz-SignedHeaders=`, TagSet[?Key==`X-Amz-SignedHeaders`].Value|[0], "
-    "`&X-Amz-Signature=`, TagSet[?Key==`X-Amz-Signature`].Value|[0]])"
-)
 
 
 def tags_of(store, key):

@@ -19,6 +19,7 @@ from chalicelib.local.runner import LocalRun, RunOptions
 from chalicelib.local.samples import qcow2_image
 from tests import images
 from tests.cli.conftest import (
+    AWS_CLI_URL_QUERY,
     BIN,
     CREDENTIALS,
     PROJECT,
@@ -32,15 +33,6 @@ from tests.cli.conftest import (
 GIB = 1 << 30
 MIB = 1 << 20
 CLEAN_PATH = "/usr/local/bin:/usr/bin:/bin"
-AWS_CLI_URL_QUERY = (
-    "join(``, [TagSet[?Key==`omi:url`].Value|[0], "
-    "`?X-Amz-Algorithm=`, TagSet[?Key==`X-Amz-Algorithm`].Value|[0], "
-    "`&X-Amz-Credential=`, TagSet[?Key==`X-Amz-Credential`].Value|[0], "
-    "`&X-Amz-Date=`, TagSet[?Key==`X-Amz-Date`].Value|[0], "
-    "`&X-Amz-Expires=`, TagSet[?Key==`X-Amz-Expires`].Value|[0], "
-    "`&X-Amz-SignedHeaders=`, TagSet[?Key==`X-Amz-SignedHeaders`].Value|[0], "
-    "`&X-Amz-Signature=`, TagSet[?Key==`X-Amz-Signature`].Value|[0]])"
-)
 
 
 def fetch(url: str) -> bytes:

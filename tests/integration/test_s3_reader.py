@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from chalicelib.inspection import FileReader, S3Reader, inspect_snapshot
 from tests import images
+from tests.conftest import RANGED_BUCKET
 
 MIB = 1 << 20
 GIB = 1 << 30
-BUCKET = "snapshots"
+BUCKET = RANGED_BUCKET
 READ_BOUND = 64 * 1024
 
 
 @pytest.fixture
-def s3():
-    with mock_aws():
-        client = boto3.client("s3", region_name="eu-west-2")
-        client.create_bucket(
-            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"}
-        )
-        ranges: list[str] = []
-        client.meta.events.register(
-            "provide-client-params.s3.GetObject",
-            lambda params, **_: ranges.append(params.get("Range", "whole object")),
-        )
-        client.ranges = ranges
-        yield client
+def s3(ranged_s3):
+    return ranged_s3
 
 
 def upload(s3, path, key):
