@@ -32,6 +32,7 @@ from .store import (
     Publication,
     Store,
     key_hash,
+    listing_state,
     membership_digest,
     tags_hash,
 )
@@ -150,27 +151,35 @@ class Pipeline:
         settings = convention.read_settings(info.key, tags, self.settings.defaults, reserved)
         return Facts(info.key, info, tags, settings)
 
-    def refresh(self, key: str, tags_only: bool = False) -> None:
+    def refresh(
+        self, key: str, tags_only: bool = False, suspect: frozenset[str] = frozenset()
+    ) -> None:
         """Bring one object's records in line with its current content and tags.
 
         The ``done`` entry is written last: while it does not match the object, processing
         did not finish, and the next event, the platform's retry or the scheduled pass
         does it again. Processing re-reads the object at the end and goes round again if
         it changed meanwhile, so the last invocation to finish files the latest facts.
+        ``suspect`` names groups where the scheduled pass saw records of this object that
+        its state does not account for (left by an invocation that died): they are
+        cleared even though the object's own state says it is done.
         """
         if tags_only and self._tags_settled(key):
             logger.debug("unchanged", extra={"key": key})
             return
         facts = self.facts(key)
-        touched: set[str] = set()
+        touched: set[str] = set(suspect)
         for _ in range(ROUNDS):
             state = self.store.object_state(key)
-            if facts.finished_in(state):
-                if facts.group is not None and convention.STATUS not in facts.tags:
-                    self.evaluate(facts.group)  # a tag write of the user's dropped it
+            if not suspect and facts.finished_in(state):
+                if facts.group is not None and (tags_only or convention.STATUS not in facts.tags):
+                    # A tag write of the user's dropped the status, or brought back an old
+                    # one: the group decides it again.
+                    self.evaluate(facts.group)
                 logger.debug("unchanged", extra={"key": key})
                 return
             self._apply(facts, state, touched)
+            suspect = frozenset()
             latest = self.facts(key)
             if latest.same(facts):
                 return
@@ -179,20 +188,43 @@ class Pipeline:
         raise StillChanging(f"{key} changed on every one of {ROUNDS} reads")
 
     def _tags_settled(self, key: str) -> bool:
-        """Two requests: the tags and the object's state; enough to see that a tagging
-        event (the pipeline's own status write, most often) changes nothing: the user's
-        tags are those the object was processed with, and its status is there."""
+        """Three requests: the tags, the object's state and its group's listing; enough to
+        see that a tagging event (the pipeline's own status write, most often) changes
+        nothing: the user's tags are those the object was processed with, and its status
+        is the one its group's listing implies (a user who writes back a tag set read
+        earlier may have brought back an old status)."""
         tags = self.store.tags(key)
         if tags is None:
             return False
         reserved = self.settings.reserved_prefixes
-        if convention.STATUS not in tags and convention.is_candidate(key, tags, reserved):
+        status = tags.get(convention.STATUS)
+        if status is None and convention.is_candidate(key, tags, reserved):
             return False  # the user's tag write replaced the set: the status must come back
         state = self.store.object_state(key)
         if not convention.is_candidate(key, tags, reserved):
             return state.empty
         settings = convention.read_settings(key, tags, self.settings.defaults, reserved)
-        return state.finished(None, tags_hash(convention.user_tags(tags)), settings.name or "")
+        name = settings.name or ""
+        if not state.finished(None, tags_hash(convention.user_tags(tags)), name):
+            return False
+        return status == self.listed_status(self.store.read_group(name))
+
+    def listed_status(self, group: Group) -> str | None:
+        """The status every member of a group should show, as far as its listing tells
+        (None when only its records can tell: a member with a problem, or disagreement)."""
+        markers = current_markers(group.markers)
+        state, expected = listing_state(markers)
+        if state == "waiting":
+            return convention.status_waiting(len(markers), expected, group.name)
+        published = group.published
+        if (
+            state == "complete"
+            and len(group.publications) == 1
+            and published is not None
+            and published.digest == membership_digest(markers)
+        ):
+            return convention.status_published(self.manifest_key(group.name))
+        return None
 
     def _apply(self, facts: Facts, state: ObjectState, touched: set[str]) -> None:
         """File the object in its group (or none), clear its records elsewhere, evaluate
@@ -202,10 +234,11 @@ class Pipeline:
         earlier = set(state.groups) | touched
         if target is not None and target not in state.groups:
             self.store.add_group_entry(facts.key, target)  # before the record it announces
+        # A brand-new object has records nowhere; any other may have an older one in its
+        # target group too, left by an invocation that died.
+        listed = earlier | ({target} if target is not None and earlier else set())
         records = [
-            marker
-            for group in sorted(earlier)
-            for marker in self.store.records_of(group, facts.key)
+            marker for group in sorted(listed) for marker in self.store.records_of(group, facts.key)
         ]
         own, known = None, {}
         if target is not None:
@@ -295,7 +328,7 @@ class Pipeline:
         for marker in group_markers:
             member = self.store.read_member(marker.state_key)
             if member is not None:
-                self.refresh(member.key)
+                self.refresh(member.key, suspect=frozenset(m.group for m in group_markers))
                 return
         for group in state.groups:
             self.store.delete_group_entry(hashed, group)
@@ -303,10 +336,13 @@ class Pipeline:
 
     # --- one OMI ---------------------------------------------------------------
 
-    def evaluate(self, name: str, known: dict[str, Member] | None = None) -> set[str]:
+    def evaluate(
+        self, name: str, known: dict[str, Member] | None = None, resign: bool = False
+    ) -> set[str]:
         """Derive one OMI's manifest (or none) and every member's status from its current
         records; write what differs; re-list, and go round again if a member changed.
 
+        ``resign`` publishes anew even if the publication is current (renewal).
         ``known`` holds records this invocation just wrote (a record's key names its
         content, so one listed under that key need not be read back). Returns the
         members whose user tags no longer match their record (a tag change whose
@@ -318,7 +354,8 @@ class Pipeline:
             members = self._read_members(markers, known)
             if members is None:
                 continue  # a record went away between listing and reading: list again
-            statuses = self._decide(group, markers, members)
+            statuses = self._decide(group, markers, members, resign)
+            resign = False
             drifted = self._write_statuses(statuses, {m.key: mk.tags for m, mk in members})
             after = self.store.read_group(name)
             if after.listing == group.listing and len(after.publications) <= 1:
@@ -338,7 +375,11 @@ class Pipeline:
         return members
 
     def _decide(
-        self, group: Group, markers: list[Marker], members: list[tuple[Member, Marker]]
+        self,
+        group: Group,
+        markers: list[Marker],
+        members: list[tuple[Member, Marker]],
+        resign: bool = False,
     ) -> dict[str, str]:
         """Publish or withdraw as the plan says; the statuses the members should show."""
         plan = plan_group(group.name, [m for m, _ in members], self.settings.defaults)
@@ -346,7 +387,7 @@ class Pipeline:
             self._withdraw(group)
             return plan.statuses
         digest = membership_digest(markers)
-        if self._still_published(group, digest):
+        if not resign and self._still_published(group, digest):
             status = convention.status_published(self.manifest_key(group.name))
             return {s.key: status for s in plan.image.snapshots}
         return self._publish(group, plan.image, digest)
@@ -455,22 +496,13 @@ class Pipeline:
         group = self.store.read_group(name)
         if group.published is None:
             return "gone"
-        markers = current_markers(group.markers)
-        members = self._read_members(markers)
-        if members is None:
-            self.evaluate(name)
-            return "refreshed"
-        for member, marker in members:
+        members = self._read_members(current_markers(group.markers))
+        for member, marker in members or []:
             info = self.store.head(member.key)
             if info is None or info.etag.strip('"') != marker.etag:
-                self.refresh(member.key)
+                self.refresh(member.key, suspect=frozenset({name}))
                 return "refreshed"
-        plan = plan_group(name, [m for m, _ in members], self.settings.defaults)
-        if plan.image is None:
-            self.evaluate(name)
-            return "refreshed"
-        statuses = self._publish(group, plan.image, membership_digest(markers))
-        self._write_statuses(statuses, {m.key: mk.tags for m, mk in members})
+        self.evaluate(name, resign=True)
         return "renewed"
 
     def _withdraw(self, group: Group) -> None:
@@ -504,12 +536,14 @@ class Pipeline:
         """Write each status that differs, merged into tags read just before."""
         drifted = set()
         for key, status in sorted(statuses.items()):
-            outcome, current = self.store.set_tag(key, convention.STATUS, status)
-            if current is not None and tags_hash(convention.user_tags(current)) != record_tags.get(
-                key
-            ):
+
+            def unchanged(tags: dict[str, str], key: str = key) -> bool:
+                return tags_hash(convention.user_tags(tags)) == record_tags.get(key)
+
+            outcome, _ = self.store.set_tag(key, convention.STATUS, status, unchanged)
+            if outcome == "moved":  # retagged since its record: its own processing decides
                 drifted.add(key)
-            if outcome == "full":
+            elif outcome == "full":
                 logger.warning(
                     "status not written: the object already has 10 tags",
                     extra={"key": key, "status": status},

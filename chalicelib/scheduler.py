@@ -181,7 +181,10 @@ class Pass:
                         (partial(self._check_tags, listed.key, None), "checked", listed.key)
                     )
             elif not _consistent(listed, state, markers):
-                work.append((refresh, "reconciled", listed.key))
+                # Records its state does not account for are cleared too (left by an
+                # invocation that died), even if the object's own state says done.
+                suspect = frozenset(marker.group for marker in markers) | state.groups
+                work.append((partial(refresh, suspect=suspect), "reconciled", listed.key))
             elif next(iter(state.groups)) not in unpublished and in_slice(
                 hashed, self.slot, self.tag_rounds
             ):
@@ -217,9 +220,12 @@ class Pass:
         are checked each pass), published ones whose records disagree with the publication
         or whose manifest is missing; expiry entries and manifests that no publication
         accounts for."""
-        groups = self.store.list_groups()
         settings = self.pipeline.settings
+        # Manifests and expiry entries are listed before the records: a publication writes
+        # its records first, so one that lands between the listings is seen as owned.
         manifests = {key for key, _ in self.store.list_keys(settings.manifest_prefix)}
+        entries = {key for key, _ in self.store.list_keys(f"{settings.state_prefix}expiry/")}
+        groups = self.store.list_groups()
         owners = {self.pipeline.manifest_key(name): name for name in groups}
         expected: dict[str, str] = {}
         work: list[Step] = []
@@ -231,7 +237,6 @@ class Pass:
                 expected[self.store.expiry_key(name, published.expires, published.digest)] = name
                 if self.pipeline.manifest_key(name) not in manifests:
                     work.append((partial(self.pipeline.renew, name), "refreshed", name))
-        entries = {key for key, _ in self.store.list_keys(f"{settings.state_prefix}expiry/")}
         for marker, name in expected.items():
             if marker not in entries:
                 work.append((partial(self.store.write_expiry, marker), "reconciled", name))

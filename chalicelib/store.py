@@ -235,17 +235,27 @@ class Store:
             Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]},
         )
 
-    def set_tag(self, key: str, name: str, value: str) -> tuple[str, dict[str, str] | None]:
+    def set_tag(
+        self,
+        key: str,
+        name: str,
+        value: str,
+        still: Callable[[dict[str, str]], bool] = lambda _: True,
+    ) -> tuple[str, dict[str, str] | None]:
         """Merge one tag into an object's tags, read immediately before: a tag the user
         wrote meanwhile is kept (S3 has no conditional tag write; only one landing in the
-        milliseconds between the read and the write can be lost).
+        milliseconds between the read and the write can be lost). ``still`` checks the
+        tags read: when it fails, nothing is written.
 
         Returns the outcome, ``written``, ``unchanged``, ``full`` (10 tags already, none
-        of them this one) or ``missing`` (the object is gone), and the tags read.
+        of them this one), ``moved`` (``still`` failed) or ``missing`` (the object is
+        gone), and the tags read.
         """
         current = self.tags(key)
         if current is None:
             return "missing", None
+        if not still(current):
+            return "moved", current
         if current.get(name) == value:
             return "unchanged", current
         if name not in current and len(current) >= MAX_TAGS:

@@ -338,6 +338,112 @@ def test_concurrent_replacement_never_withdraws_a_complete_omi(scene, samples, p
     assert each_split(split) > 3
 
 
+# --- 4b. an invocation that dies after a newer one finished; statuses of members that moved ---
+
+
+def is_write_to(prefix: str):
+    return lambda call: call.operation == "PutObject" and (call.key or "").startswith(prefix)
+
+
+def test_record_of_an_invocation_that_died_after_a_retag_is_cleared_by_one_pass(scene, samples):
+    """W1 inspects, the user retags, W2 files the snapshot in its new OMI; W1 then writes
+    its record in the old OMI, publishes it and dies. Its retry finds the snapshot done;
+    the next pass sees a record its state does not account for and clears it."""
+    key = "old/sda1.qcow2"
+    scene.put(key, samples["qcow2"])
+    first, second = scene.worker(), scene.worker()
+    first.hooks.failing.append(
+        lambda call: call.operation == "PutObject" and "/done=" in (call.key or "")
+    )
+
+    def retag_and_process() -> None:
+        scene.retag(key, {"omi:name": "new"})
+        second.deliver(key, "ObjectTagging:Put")
+
+    def dies() -> None:
+        with contextlib.suppress(Exception):
+            first.deliver(key)
+
+    assert paused_run(
+        dies, first.hooks, is_write_to(".omi-state/groups/old/"), 1, retag_and_process
+    )
+    first.hooks.failing.clear()
+    first.deliver(key)  # the platform's retry
+    first.deliver_echoes(second)
+    Pass(second.pipeline, RENEW_BEFORE).run()
+    assert scene.listed_in(key) == ["manifests/new.json"]
+    assert scene.manifests() == ["manifests/new.json"]
+    assert scene.status(key) == published("new")
+
+
+def test_record_of_an_invocation_that_died_after_a_deletion_is_cleared_by_one_pass(scene, samples):
+    key = "web/sda1.qcow2"
+    scene.put(key, samples["qcow2"])
+    first, second = scene.worker(), scene.worker()
+    first.hooks.failing.append(is_write_to("manifests/"))
+
+    def delete_and_process() -> None:
+        scene.delete(key)
+        second.deliver(key, "ObjectRemoved:Delete")
+
+    def dies() -> None:
+        with contextlib.suppress(Exception):
+            first.deliver(key)
+
+    assert paused_run(dies, first.hooks, is_write_to(".omi-state/groups/"), 1, delete_and_process)
+    first.hooks.failing.clear()
+    first.deliver(key)
+    first.deliver_echoes(second)
+    for _ in range(2):  # the first pass clears it; the second must not bring anything back
+        Pass(first.pipeline, RENEW_BEFORE).run()
+        assert scene.manifests() == []
+    listed = scene.s3.list_objects_v2(Bucket=scene.bucket, Prefix=".omi-state/")
+    assert listed.get("KeyCount", 0) == 0
+
+
+def test_status_from_a_stale_view_never_lands_on_a_member_that_moved(scene, samples):
+    a, b = "web/sda1.qcow2", "web/sdb.qcow2"
+    setup = scene.worker()
+    for key in (a, b):
+        scene.put(key, samples["qcow2"], {"omi:snapshots": "2"})
+        setup.deliver(key)
+    setup.deliver_echoes()
+    scene.retag(b, {"omi:snapshots": "2", "omi:description": "x"})
+    scene.retag(a, {"omi:name": "app"})
+    first, second = scene.worker(), scene.worker()
+    reached = paused_run(
+        lambda: first.deliver(b, "ObjectTagging:Put"),
+        first.hooks,
+        lambda call: call.operation == "GetObjectTagging" and call.key == a,
+        1,
+        lambda: second.deliver(a, "ObjectTagging:Put"),
+    )
+    assert reached
+    first.deliver_echoes(second, setup)
+    assert scene.statuses(a, b) == {a: published("app"), b: waiting(1, 2, "web")}
+    assert scene.manifests() == ["manifests/app.json"]
+
+
+def test_tag_set_written_back_with_an_old_status_gets_the_current_one(scene, samples):
+    """A user's tool reads the tags, the OMI is published meanwhile, and the tool writes
+    the set back with one tag more: the old ``waiting`` status must not stick."""
+    a, b = "web/sda1.qcow2", "web/sdb.qcow2"
+    worker = scene.worker()
+    scene.put(a, samples["qcow2"], {"omi:snapshots": "2"})
+    worker.deliver(a)
+    worker.deliver_echoes()
+    read_earlier = scene.tags(a)
+    assert read_earlier["omi:status"] == waiting(1, 2, "web")
+    scene.put(b, samples["qcow2"], {"omi:snapshots": "2"})
+    worker.deliver(b)
+    worker.deliver_echoes()
+    scene.retag(a, {**read_earlier, "owner": "team-blue"})
+    worker.deliver(a, "ObjectTagging:Put")
+    worker.deliver_echoes()
+    assert scene.statuses(a, b) == dict.fromkeys((a, b), published("web"))
+    assert scene.tags(a)["owner"] == "team-blue"
+
+
 # --- 5. own writes cause no second work (real notifications, counted at the server) ---------
 
 
