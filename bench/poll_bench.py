@@ -37,6 +37,7 @@ REGION = "eu-west-2"
 KEYS = SigningKeys("AKIABENCHSIGNER", "bench-secret")
 DISK = b"\0" * 4096  # a raw disk of 8 sectors: inspection costs nothing beside the requests
 MAX_PASSES = 3
+WRITES = ("Put", "Delete", "Copy", "CreateMultipart", "Complete")
 
 
 def pipeline_on(client: Any, bucket: str, endpoint: str | None) -> Pipeline:
@@ -164,8 +165,12 @@ def main() -> None:
                     (("every tag (poll)", True), ("1/24 of tags", False))
                 ):
                     nothing = one_pass(server, bucket, f"AKIABENCHNOCHANGE{index}", check_tags)
-                    done = {k: v for k, v in nothing["report"].items() if k != "checked" and v}
-                    assert done == {}, f"the pass over an unchanged bucket did {done}"
+                    # An OMI in error (the retag of the pass before) is evaluated every
+                    # pass, reading only.
+                    idle = ("checked", "evaluated")
+                    done = {k: v for k, v in nothing["report"].items() if k not in idle and v}
+                    writes = {op for op in nothing["operations"] if op.startswith(WRITES)}
+                    assert done == {} and not writes, f"the unchanged pass did {done} {writes}"
                     key = snapshot_key(index)
                     shows = passes_until_retag_shows(server, bucket, key, check_tags)
                     rows.append((size, label, nothing, shows, seeded))
