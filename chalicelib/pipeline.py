@@ -142,9 +142,9 @@ class Pipeline:
         tags = self.store.tags(key) if info else None
         if info is None or tags is None:
             return Facts(key, None, {}, None)
-        return self._facts_from(info, tags)
+        return self.facts_from(info, tags)
 
-    def _facts_from(self, info: ObjectInfo, tags: dict[str, str]) -> Facts:
+    def facts_from(self, info: ObjectInfo, tags: dict[str, str]) -> Facts:
         reserved = self.settings.reserved_prefixes
         if not convention.is_candidate(info.key, tags, reserved):
             return Facts(info.key, info, tags, None)

@@ -23,7 +23,16 @@ from functools import partial
 from . import convention
 from .observability import count, logger
 from .pipeline import Pipeline, Postponed, current_markers
-from .store import Group, Listed, Marker, ObjectState, key_hash, listing_state, membership_digest
+from .store import (
+    Group,
+    Listed,
+    Marker,
+    ObjectInfo,
+    ObjectState,
+    key_hash,
+    listing_state,
+    membership_digest,
+)
 
 WORKERS = 8
 SAFETY_MARGIN = 30.0  # seconds left when the pass stops starting new work (at most)
@@ -177,9 +186,7 @@ class Pass:
                 if convention.candidate_by_name(listed.key):
                     work.append((refresh, "reconciled", listed.key))
                 elif in_slice(hashed, self.slot, self.tag_rounds):
-                    work.append(
-                        (partial(self._check_tags, listed.key, None), "checked", listed.key)
-                    )
+                    work.append((partial(self._check_tags, listed, None), "checked", listed.key))
             elif not _consistent(listed, state, markers):
                 # Records its state does not account for are cleared too (left by an
                 # invocation that died), even if the object's own state says done.
@@ -188,17 +195,21 @@ class Pass:
             elif next(iter(state.groups)) not in unpublished and in_slice(
                 hashed, self.slot, self.tag_rounds
             ):
-                work.append((partial(self._check_tags, listed.key, state), "checked", listed.key))
+                work.append((partial(self._check_tags, listed, state), "checked", listed.key))
         for hashed in (states.keys() | by_hash.keys()) - present:
             state = states.get(hashed, ObjectState(hashed))
             forget = partial(self.pipeline.forget, hashed, state, by_hash.get(hashed, []))
             work.append((forget, "reconciled", hashed))
         return work
 
-    def _check_tags(self, key: str, state: ObjectState | None) -> str:
-        """Read one object's tags: refresh it if they changed since it was processed, or
-        if its status is not what its OMI says."""
-        facts = self.pipeline.facts(key)
+    def _check_tags(self, listed: Listed, state: ObjectState | None) -> str:
+        """Read one object's tags (its ETag and size are the listing's): refresh it if they
+        changed since it was processed, or if its status is not what its OMI says."""
+        key = listed.key
+        tags = self.store.tags(key)
+        if tags is None:  # gone since the listing: the next pass sees it
+            return "checked"
+        facts = self.pipeline.facts_from(ObjectInfo(key, listed.etag, listed.size), tags)
         if state is None:
             if facts.group is None:
                 return "checked"
