@@ -50,6 +50,7 @@ def environment(url: str, bucket: str, config_file: Path) -> dict[str, str]:
         "OMI_BUCKET": bucket,
         "OMI_ENDPOINT_URL": url,
         "OMI_PUBLIC_ENDPOINT_URL": url,
+        "OMI_TAG_ROUNDS": "1",  # as the oos stage: a store without events, every tag every poll
         "POWERTOOLS_METRICS_DISABLED": "true",
     }
 
