@@ -163,7 +163,8 @@ def test_single_disk_published(store, samples):
     store.put("web-server/sda1.qcow2", samples["qcow2"])
     assert store.settle().outcomes["failed"] == 0
     check_published(store, "web-server", {"web-server/sda1.qcow2": samples["qcow2"]})
-    assert store.settle().outcomes == {}  # nothing changed: a pass does nothing
+    outcomes = store.settle().outcomes  # nothing changed: a pass only reads the tags
+    assert {outcome for outcome in outcomes if outcome != "checked"} == set()
 
 
 def test_two_disks_published_when_both_are_there(store, samples):
