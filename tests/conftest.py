@@ -1,9 +1,11 @@
+import io
 import os
 
 import boto3
 import pytest
 from moto import mock_aws
 
+from chalicelib.observability import logger
 from tests import images
 
 # Never reach a real AWS account from tests.
@@ -49,3 +51,13 @@ def ranged_s3():
         )
         client.ranges = ranges
         yield client
+
+
+@pytest.fixture
+def captured_logs():
+    """Everything the JSON logger writes during a test."""
+    buffer = io.StringIO()
+    handler = logger.registered_handler
+    previous = handler.setStream(buffer)
+    yield buffer
+    handler.setStream(previous)

@@ -3,7 +3,6 @@ through SQS to the Chalice handler, exactly as ``omi-manifest run`` wires them."
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 from pathlib import Path
@@ -16,7 +15,6 @@ import pytest
 from chalicelib import runtime, signing
 from chalicelib.local.delivery import NotificationPump, chalice_handler
 from chalicelib.local.server import EmbeddedServer
-from chalicelib.observability import logger
 
 PROJECT = str(Path(__file__).parents[2])
 REGION = "eu-west-2"
@@ -91,13 +89,3 @@ def live(server, monkeypatch):
     runtime.pipeline.cache_clear()
     yield Live(server, bucket)
     runtime.pipeline.cache_clear()
-
-
-@pytest.fixture
-def captured_logs():
-    """Everything the JSON logger writes during a test."""
-    buffer = io.StringIO()
-    handler = logger.registered_handler
-    previous = handler.setStream(buffer)
-    yield buffer
-    handler.setStream(previous)

@@ -11,7 +11,6 @@ manifests, and requests counted at the embedded server.
 from __future__ import annotations
 
 import contextlib
-import io
 import itertools
 import json
 import os
@@ -31,7 +30,6 @@ from chalicelib import cli, runtime
 from chalicelib.config import Settings
 from chalicelib.local.delivery import NotificationPump
 from chalicelib.notifications import object_changes
-from chalicelib.observability import logger
 from chalicelib.scheduler import Pass
 from tests import images
 from tests.interleave import Background, Worker, bytes_served, on, paused_run, recording_server
@@ -539,15 +537,6 @@ def test_own_writes_cause_no_second_inspection_or_publication(live, large_raw_gz
 
 
 # --- 6. no signature in the logs ------------------------------------------------------------
-
-
-@pytest.fixture
-def captured_logs():
-    buffer = io.StringIO()
-    handler = logger.registered_handler
-    previous = handler.setStream(buffer)
-    yield buffer
-    handler.setStream(previous)
 
 
 def test_no_signature_in_logs_when_the_url_does_not_fit_and_the_status_write_fails(
