@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: setup qemu-img test lint run demo bench clean
+.PHONY: setup qemu-img test lint run demo bench package clean
 
 setup: $(STAMP) $(NODE_STAMP)
 
@@ -57,6 +57,13 @@ demo: setup
 
 bench: setup qemu-img
 	$(BIN)/python -m bench
+
+# Terraform configuration for a stage, fit for Terraform >= 1.0 and AWS provider 5/6:
+# `make package STAGE=oos` writes out/oos/ (deploy/package.py says what it changes).
+STAGE ?= prod
+OUT ?= out/$(STAGE)
+package: setup
+	$(BIN)/python deploy/package.py --stage $(STAGE) $(OUT)
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache

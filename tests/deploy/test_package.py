@@ -1,14 +1,16 @@
-"""``chalice package --pkg-format terraform``: what would be deployed, read back and checked."""
+"""``make package`` (``chalice package --pkg-format terraform``, fitted): what would be
+deployed, read back and checked."""
 
 from __future__ import annotations
 
 import json
-import os
+import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from .conftest import make_env
 
 PROJECT = Path(__file__).parents[2]
 STAGE = "prod"
@@ -17,32 +19,13 @@ BUCKET = CONFIG["stages"][STAGE]["environment_variables"]["OMI_BUCKET"]
 SECRET = CONFIG["stages"][STAGE]["environment_variables"]["OMI_SIGNING_SECRET"]
 
 
-def package(stage: str, out: Path) -> dict:
-    """The resources ``chalice package`` writes for ``stage``; the shell names no bucket:
-    Chalice applies the stage's variables before it imports ``app.py``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OMI_")}
-    subprocess.run(
-        [
-            str(Path(sys.executable).parent / "chalice"),
-            "package",
-            "--pkg-format",
-            "terraform",
-            "--stage",
-            stage,
-            str(out),
-        ],
-        cwd=PROJECT,
-        env=env | {"AWS_DEFAULT_REGION": "eu-west-2"},
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    return json.loads((out / "chalice.tf.json").read_text())["resource"]
+def resources(directory: Path) -> dict:
+    return json.loads((directory / "chalice.tf.json").read_text())["resource"]
 
 
 @pytest.fixture(scope="module")
-def terraform(tmp_path_factory):
-    return package(STAGE, tmp_path_factory.mktemp("package") / "out")
+def terraform(packaged):
+    return resources(packaged(STAGE))
 
 
 def test_two_functions_sized_for_raw_gz(terraform):
@@ -68,6 +51,28 @@ def test_bucket_notification_events_and_filters(terraform):
 def test_hourly_schedule(terraform):
     (rule,) = terraform["aws_cloudwatch_event_rule"].values()
     assert rule["schedule_expression"] == "rate(1 hour)"
+
+
+def test_each_stage_names_its_own_schedule_rule(terraform, oos):
+    """EventBridge rule names are unique per account and region: Chalice's Terraform
+    names the rule ``renew_and_reconcile-event`` in every stage, so a second stage's
+    apply would take over the first one's rule."""
+    (prod_rule,) = terraform["aws_cloudwatch_event_rule"].values()
+    (oos_rule,) = oos["aws_cloudwatch_event_rule"].values()
+    assert prod_rule["name"] == "omi-manifest-prod-renew_and_reconcile-event"
+    assert oos_rule["name"] == "omi-manifest-oos-renew_and_reconcile-event"
+    for stage in (terraform, oos):
+        (target,) = stage["aws_cloudwatch_event_target"].values()
+        assert target["rule"].startswith("${aws_cloudwatch_event_rule.")
+
+
+@pytest.mark.parametrize("stage", ["dev", "prod", "oos"])
+def test_each_stage_signs_for_the_region_of_its_policy(stage):
+    """``OMI_REGION`` is set in every stage, and is the region its policy's ARNs name."""
+    settings = CONFIG["stages"][stage]
+    policy = (PROJECT / ".chalice" / settings["iam_policy_file"]).read_text()
+    regions = set(re.findall(r"arn:aws:(?:secretsmanager|logs):([a-z0-9-]+):", policy))
+    assert regions == {settings["environment_variables"]["OMI_REGION"]}
 
 
 def allowed_wildcard(resource: str) -> bool:
@@ -112,8 +117,8 @@ OOS = CONFIG["stages"]["oos"]["environment_variables"]
 
 
 @pytest.fixture(scope="module")
-def oos(tmp_path_factory):
-    return package("oos", tmp_path_factory.mktemp("package-oos") / "out")
+def oos(packaged):
+    return resources(packaged("oos"))
 
 
 def test_oos_one_polling_function_and_no_bucket_notification(oos):
@@ -158,3 +163,19 @@ def test_oos_policy_grants_only_the_secrets_and_logs(oos):
         if action.startswith("logs:"):
             assert "/aws/lambda/omi-manifest-oos-renew_and_reconcile" in resource
             assert "*" not in resource or resource.endswith(":log-stream:*")
+
+
+def test_an_unknown_stage_is_named_with_the_known_ones(tmp_path):
+    done = subprocess.run(
+        ["make", "--no-print-directory", "package", "STAGE=staging", f"OUT={tmp_path}/out"],
+        cwd=PROJECT,
+        env=make_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode != 0
+    known = "(dev, prod, oos, local)"
+    assert f"package: no stage staging in .chalice/config.json {known}" in done.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,14 @@
+# Constraints for the Terraform that `make package` writes (deploy/package.py copies this
+# file beside chalice.tf.json, whose own constraints it removes). Checked against the
+# AWS provider's version 5 and 6 upgrade guides: nothing the package declares is removed
+# or deprecated in them. Raise the upper bound after reading the next major's guide.
+terraform {
+  required_version = ">= 1.0"
+
+  required_providers {
+    aws = {
+      source  = "hashicorp/aws"
+      version = ">= 5.0, < 7.0"
+    }
+  }
+}
