@@ -1,7 +1,7 @@
 # Constraints for the Terraform that `make package` writes (deploy/package.py copies this
-# file beside chalice.tf.json, whose own constraints it removes). Checked against the
-# AWS provider's version 5 and 6 upgrade guides: nothing the package declares is removed
-# or deprecated in them. Raise the upper bound after reading the next major's guide.
+# file beside chalice.tf.json, whose own constraints it removes). The package's resources
+# were read against the AWS provider's version 5 and 6 upgrade guides (README,
+# "Terraform instead"); raise the upper bound after reading the next major's guide.
 terraform {
   required_version = ">= 1.0"
 
