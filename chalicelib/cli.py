@@ -420,10 +420,11 @@ def explain(error: Exception) -> str | None:
 
     from .local.put import PutError
     from .local.server import PortInUse
+    from .signing import SigningSetupError
 
     if isinstance(error, S3UploadFailedError) and isinstance(error.__context__, Exception):
         return explain(error.__context__)  # a transfer's wrapping of the store's answer
-    if isinstance(error, CommandError | PortInUse | PutError):
+    if isinstance(error, CommandError | PortInUse | PutError | SigningSetupError):
         return str(error)
     if isinstance(error, NoCredentialsError | PartialCredentialsError):
         return (
