@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +32,16 @@ PARAMS_BEFORE_TOKEN = (
 )
 SIGNATURE = "X-Amz-Signature"
 DNS_BUCKET = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+# A host with no AWS (an OUTSCALE VM) gives the restricted signing identity's keys here.
+SIGNING_KEY_VARIABLES = ("OMI_SIGNING_ACCESS_KEY_ID", "OMI_SIGNING_SECRET_ACCESS_KEY")
+# "true": sign with the keys the process reaches the store with (the owner's), knowingly.
+STORE_KEYS_OPT_IN = "OMI_SIGN_WITH_STORE_KEYS"
+# The file the keys came from (the systemd unit's EnvironmentFile), to check its mode.
+ENV_FILE_VARIABLE = "OMI_ENV_FILE"
+
+
+class SigningSetupError(Exception):
+    """Signing keys set up wrongly: the message is the one line the user reads."""
 
 
 @dataclass(frozen=True)
@@ -170,8 +181,54 @@ def url_from_tags(tags: Mapping[str, str]) -> str | None:
     return tags[URL_TAG] + "?" + "&".join(f"{k}={_encode(v)}" for k, v in params)
 
 
-def load_keys(secret_name: str | None, region: str, lifetime_of_temporary: int) -> SigningKeys:
-    """Long-term keys from the signing secret, else this process's own credentials.
+def environment_keys(env: Mapping[str, str]) -> SigningKeys | None:
+    """The signing identity's long-term keys from ``OMI_SIGNING_ACCESS_KEY_ID`` and
+    ``OMI_SIGNING_SECRET_ACCESS_KEY``; None when neither is set."""
+    access_key, secret_key = (env.get(name, "") for name in SIGNING_KEY_VARIABLES)
+    if not access_key and not secret_key:
+        return None
+    if not (access_key and secret_key):
+        given, missing = SIGNING_KEY_VARIABLES if access_key else SIGNING_KEY_VARIABLES[::-1]
+        raise SigningSetupError(
+            f"{given} is set but {missing} is not - set both (the signing identity's keys)"
+        )
+    return SigningKeys(access_key, secret_key)
+
+
+def check_keys_file(path: str) -> None:
+    """Refuse a file of keys that users other than its owner may read or change."""
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o077:
+        raise SigningSetupError(
+            f"{path} holds keys but other users can read or change it (mode {mode:04o}) "
+            f"- chmod 600 {path}"
+        )
+
+
+def check_host_signing(env: Mapping[str, str]) -> None:
+    """Before a host signs on its own (``run`` against a store): its keys file is
+    owner-only, and its URLs are signed by a signing identity, never with the store's
+    own keys unless ``OMI_SIGN_WITH_STORE_KEYS=true`` says so."""
+    if env.get(ENV_FILE_VARIABLE):
+        check_keys_file(env[ENV_FILE_VARIABLE])
+    if env.get("OMI_SIGNING_SECRET") or environment_keys(env) is not None:
+        return
+    if env.get(STORE_KEYS_OPT_IN) != "true":
+        raise SigningSetupError(
+            "no signing identity - set OMI_SIGNING_ACCESS_KEY_ID and "
+            "OMI_SIGNING_SECRET_ACCESS_KEY to keys that can only read the bucket, or "
+            f"{STORE_KEYS_OPT_IN}=true to sign with the store's own keys"
+        )
+
+
+def load_keys(
+    secret_name: str | None,
+    region: str,
+    lifetime_of_temporary: int,
+    env: Mapping[str, str] = os.environ,
+) -> SigningKeys:
+    """Long-term keys from the signing secret, else from ``OMI_SIGNING_ACCESS_KEY_ID`` and
+    ``OMI_SIGNING_SECRET_ACCESS_KEY``, else this process's own credentials.
 
     The secret holds ``{"aws_access_key_id": …, "aws_secret_access_key": …}`` and is
     read through Powertools Parameters, which caches it between invocations.
@@ -181,6 +238,9 @@ def load_keys(secret_name: str | None, region: str, lifetime_of_temporary: int) 
 
         secret = parameters.get_secret(secret_name, transform="json", max_age=300)
         return SigningKeys(secret["aws_access_key_id"], secret["aws_secret_access_key"])
+    from_environment = environment_keys(env)
+    if from_environment is not None:
+        return from_environment
     import boto3
 
     credentials = boto3.Session(region_name=region).get_credentials()

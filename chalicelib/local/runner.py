@@ -17,7 +17,7 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError
 
-from .. import config, runtime, scheduler
+from .. import config, runtime, scheduler, signing
 from ..cli import CommandError
 from ..observability import quiet_metrics
 from ..overview import omi_statuses
@@ -62,6 +62,8 @@ class LocalRun:
                 os.environ.setdefault(name, value)
             self.server = EmbeddedServer(self.options.port)
             endpoint = self.server.start()
+        else:
+            signing.check_host_signing(os.environ)  # a real store: real URLs
         bucket = self.options.bucket or os.environ.get("OMI_BUCKET") or DEFAULT_BUCKET
         os.environ["OMI_BUCKET"] = bucket
         os.environ["OMI_ENDPOINT_URL"] = endpoint

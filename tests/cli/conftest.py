@@ -35,8 +35,15 @@ def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
 
 
 def command_env(**extra: str) -> dict[str, str]:
+    """The test store's keys, which also sign (``OMI_SIGN_WITH_STORE_KEYS``: the store is
+    a throw-away one; tests/cli/test_signing_identity.py signs without them)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMI_")}
-    return env | CREDENTIALS | {"AWS_DEFAULT_REGION": REGION, "PYTHONUNBUFFERED": "1"} | extra
+    local = {
+        "AWS_DEFAULT_REGION": REGION,
+        "PYTHONUNBUFFERED": "1",
+        "OMI_SIGN_WITH_STORE_KEYS": "true",
+    }
+    return env | CREDENTIALS | local | extra
 
 
 @pytest.fixture(scope="session")

@@ -51,6 +51,7 @@ def environment(url: str, bucket: str, config_file: Path) -> dict[str, str]:
         "OMI_ENDPOINT_URL": url,
         "OMI_PUBLIC_ENDPOINT_URL": url,
         "OMI_TAG_ROUNDS": "1",  # as the oos stage: a store without events, every tag every poll
+        "OMI_SIGN_WITH_STORE_KEYS": "true",  # a throw-away store: its keys may sign
         "POWERTOOLS_METRICS_DISABLED": "true",
     }
 
