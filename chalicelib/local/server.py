@@ -22,6 +22,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..cli import CommandError
+
 CREDENTIAL = re.compile(r"Credential=([^/]+)/\d{8}/[^/]+/([^/]+)/aws4_request")
 
 
@@ -131,6 +133,14 @@ class PortInUse(Exception):
         super().__init__(f"port {port} is in use - choose another with --port (0 picks a free one)")
 
 
+class NoEmbeddedServer(CommandError):
+    def __init__(self) -> None:
+        super().__init__(
+            "no embedded S3 server in this install (moto is not installed: `make install` "
+            "leaves it out) - give --endpoint-url and --bucket of your store, or run make setup"
+        )
+
+
 def _listening_socket(port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -149,9 +159,12 @@ class EmbeddedServer:
     """moto's HTTP server on ``127.0.0.1``; port 0 picks a free one."""
 
     def __init__(self, port: int = 0) -> None:
-        from moto.moto_server.threaded_moto_server import MotoRequestHandler
-        from moto.server import DomainDispatcherApplication, create_backend_app
-        from werkzeug.serving import make_server
+        try:
+            from moto.moto_server.threaded_moto_server import MotoRequestHandler
+            from moto.server import DomainDispatcherApplication, create_backend_app
+            from werkzeug.serving import make_server
+        except ModuleNotFoundError:  # `make install`: a host that only reaches real stores
+            raise NoEmbeddedServer() from None
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
         self.requests = RequestCounter(
