@@ -174,3 +174,22 @@ def test_a_dangling_link_from_a_deleted_clone_is_taken_over(tmp_path):
     first = clone(tmp_path, "first")
     make(first, "link", link)
     assert os.readlink(link) == str(first / ".venv" / "bin" / "omi-manifest")
+
+
+def test_without_moto_run_says_to_give_a_store(tmp_path):
+    """A ``make install`` host has no moto: ``run`` with no store says what to do."""
+    (tmp_path / "moto.py").write_text("")  # a module, not the package: as if not installed
+    done = subprocess.run(
+        [str(PROJECT / ".venv" / "bin" / "omi-manifest"), "run", "--port", "0"],
+        env=make_env(PYTHONPATH=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (
+        1,
+        "omi-manifest: no embedded S3 server in this install (moto is not installed: "
+        "`make install` leaves it out) - give --endpoint-url and --bucket of your store, "
+        "or run make setup\n",
+    )
