@@ -31,6 +31,9 @@ class Settings:
     temporary_credentials_lifetime: int = 3600
     pass_interval: int = 3600  # seconds between scheduled passes (or polls)
     tag_rounds: int = 24  # passes over which every object's tags are read once
+    import_images: bool = False  # import every published OMI into OUTSCALE (spec section 9)
+    outscale_secret: str | None = None  # Secrets Manager name holding the OUTSCALE API keys
+    event_bus: str | None = None  # EventBridge bus the changes go to (None: log lines only)
     defaults: Defaults = field(default_factory=Defaults)
     ceilings: Ceilings = field(default_factory=Ceilings)
 
@@ -42,6 +45,13 @@ class Settings:
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
     value = env.get(name)
     return int(value) if value else default
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = env.get(name, "").strip().lower()
+    if value not in ("", "true", "false"):
+        raise ValueError(f"{name} must be true or false")
+    return value == "true"
 
 
 def configured_region(env: Mapping[str, str]) -> str | None:
@@ -95,6 +105,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         temporary_credentials_lifetime=_int(env, "OMI_TEMPORARY_CREDENTIALS_LIFETIME", 3600),
         pass_interval=max(1, _int(env, "OMI_PASS_INTERVAL", 3600)),
         tag_rounds=max(1, _int(env, "OMI_TAG_ROUNDS", 24)),
+        import_images=_flag(env, "OMI_IMPORT"),
+        outscale_secret=env.get("OMI_OUTSCALE_SECRET") or None,
+        event_bus=env.get("OMI_EVENT_BUS") or None,
         defaults=defaults,
         ceilings=Ceilings(
             max_bytes=_int(env, "OMI_MAX_DECOMPRESSED_BYTES", Ceilings.max_bytes),

@@ -25,7 +25,15 @@ SNAPSHOT_TAGS = (
     "delete-on-termination",
     "size",
 )
-IMAGE_TAGS = ("snapshots", "architecture", "product-type", "description", "account")
+IMAGE_TAGS = (
+    "snapshots",
+    "architecture",
+    "product-type",
+    "description",
+    "account",
+    "import",  # true / false: import this OMI into OUTSCALE, whatever the stage says
+    "image-name",  # the name of the imported OMI, when not the OMI's own
+)
 KNOWN_TAGS = frozenset(PREFIX + name for name in (*SNAPSHOT_TAGS, *IMAGE_TAGS)) | {STATUS, RENEW}
 MAX_TAGS = 10
 TAG_VALUE_LIMIT = 256
@@ -33,7 +41,8 @@ TAG_VALUE_LIMIT = 256
 VOLUME_TYPES = ("standard", "gp2", "io1")
 ARCHITECTURES = ("x86_64", "i386")
 PRODUCT_TYPES = ("0001", "0002", "0004", "0005")
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_ ()/.\-]{3,128}")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_ ()/.\-]{3,128}")  # OUTSCALE's ImageName rule
+NAME_RULE = "use 3 to 128 letters digits spaces and _ / . - or parentheses"
 ACCOUNT_PATTERN = re.compile(r"[0-9]{12}")
 NUMBER_PATTERN = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit takes "²" too
 
@@ -108,10 +117,7 @@ def name_problem(name: str, reserved_prefixes: tuple[str, ...]) -> str | None:
     """Why ``name`` cannot be an OMI name, or None."""
     shown = safe_name(name)
     if not NAME_PATTERN.fullmatch(name):
-        return (
-            f"OMI name {shown} is invalid - use 3 to 128 letters digits spaces "
-            "and _ / . - or parentheses"
-        )
+        return f"OMI name {shown} is invalid - {NAME_RULE}"
     parts = name.split("/")
     if name.startswith("/") or name.endswith("/") or any(p in ("", ".", "..") for p in parts):
         return f"OMI name {shown} is invalid - no leading or trailing / and no . or .. parts"
@@ -266,6 +272,15 @@ def _image_settings(tags: dict[str, str], problems: list[str]) -> dict[str, str]
             image["account"] = account
         else:
             problems.append(f"omi:account {safe_name(account)} is not a 12-digit account id")
+    wanted = _as_choice(tags, "import", ("true", "false"), problems)
+    if wanted:
+        image["import"] = wanted
+    image_name = tags.get(PREFIX + "image-name")
+    if image_name is not None:
+        if NAME_PATTERN.fullmatch(image_name):
+            image["image-name"] = image_name
+        else:
+            problems.append(f"omi:image-name {safe_name(image_name)} is invalid - {NAME_RULE}")
     return image
 
 

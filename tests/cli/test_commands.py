@@ -207,7 +207,7 @@ def test_status_name_lists_every_problem_and_names_the_unnamed(store):
         "multi/sda1.raw: 2 problem(s)",
         "  - unknown tag omi:devcie - known tags are omi: followed by name device ordering "
         "volume-type iops delete-on-termination size snapshots architecture product-type "
-        "description account",
+        "description account import image-name",
         "  - file named .raw is a qcow2 image - rename it to .qcow2",
     ]
 

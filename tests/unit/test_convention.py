@@ -88,6 +88,14 @@ def test_every_tag_read():
             "omi:product-type 0003 must be codes among 0001 0002 0004 0005",
         ),
         ({"omi:account": "me"}, "omi:account me is not a 12-digit account id"),
+        ({"omi:import": "yes"}, "omi:import yes is not one of true false"),
+        (
+            {"omi:image-name": "ab"},
+            "omi:image-name ab is invalid - use 3 to 128 letters digits spaces and _ / . - "
+            "or parentheses",
+        ),
+        ({"omi:image-name": "web:v2"}, "omi:image-name web:v2 is invalid - use 3 to 128"),
+        ({"omi:image-name": "x" * 129}, "omi:image-name ..." + "x" * 57 + " is invalid"),
         (
             {"omi:devcie": "/dev/sdb"},
             "unknown tag omi:devcie - known tags are omi: followed by name",
@@ -98,6 +106,14 @@ def test_every_tag_read():
 )
 def test_bad_tags(tags, message):
     assert settings("web/sda1.qcow2", tags).problems[0].startswith(message)
+
+
+def test_import_tags_are_image_level():
+    found = settings(
+        "web/sda1.qcow2", {"omi:import": "false", "omi:image-name": "Web server (v2) 2026/1.0"}
+    )
+    assert found.problems == ()
+    assert found.image == {"import": "false", "image-name": "Web server (v2) 2026/1.0"}
 
 
 @pytest.mark.parametrize(
