@@ -138,7 +138,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     settings = bucket_settings(args)
     pipeline = runtime.build_pipeline(settings)
-    statuses = omi_statuses(pipeline.store, settings.defaults, args.name)
+    statuses = omi_statuses(pipeline, args.name)
     if not statuses:
         print(f"no OMI {args.name}" if args.name else f"no snapshots in {settings.bucket} yet")
         return 1 if args.name else 0
@@ -154,8 +154,9 @@ def cmd_url(args: argparse.Namespace) -> int:
 
     settings = bucket_settings(args)
     key = manifest_key(settings.manifest_prefix, args.name)
-    tags = runtime.build_pipeline(settings).store.tags(key)
-    url = signing.url_from_tags(tags or {})
+    pipeline = runtime.build_pipeline(settings)
+    current = pipeline.fenced(pipeline.store.read_group(args.name))  # built from today's records
+    url = signing.url_from_tags(pipeline.store.tags(key) or {}) if current else None
     if url is None:
         raise CommandError(f"no published manifest for {args.name} ({key})")
     print(url)

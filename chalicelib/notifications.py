@@ -16,6 +16,15 @@ class ObjectChange:
     bucket: str
     key: str
     event_name: str
+    etag: str = ""  # the object's ETag when the event was sent ("" when unknown or removed)
+    size: int | None = None
+    principal: str = ""  # who made the change (S3's userIdentity.principalId), if told
+
+    @property
+    def tags_only(self) -> bool:
+        """A tagging event can only have changed tags: content changes bring their own
+        ObjectCreated event."""
+        return "ObjectTagging" in self.event_name
 
 
 def object_changes(event: dict[str, Any]) -> list[ObjectChange]:
@@ -26,11 +35,15 @@ def object_changes(event: dict[str, Any]) -> list[ObjectChange]:
         name = record.get("eventName", "")
         if not s3 or "object" not in s3:
             continue
+        found = s3["object"]
         changes.append(
             ObjectChange(
                 bucket=s3["bucket"]["name"],
-                key=unquote_plus(s3["object"]["key"]),
+                key=unquote_plus(found["key"]),
                 event_name=name,
+                etag=str(found.get("eTag") or "").strip('"') if "Removed" not in name else "",
+                size=found.get("size") if "Removed" not in name else None,
+                principal=str((record.get("userIdentity") or {}).get("principalId") or ""),
             )
         )
     return changes

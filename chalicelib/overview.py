@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .convention import Defaults
 from .grouping import Member, plan_group
-from .pipeline import current_markers, manifest_key
+from .pipeline import Pipeline
 from .signing import format_expiry
-from .store import Publication, Store
+from .store import ManifestHead
 
 NO_NAME = "(no omi:name)"  # files at the bucket root without the tag share no OMI
 
@@ -34,24 +33,28 @@ class OmiStatus:
     snapshots: tuple[SnapshotState, ...] = ()
 
 
-def _groups(store: Store, name: str | None) -> dict[str, tuple[list[Member], Publication | None]]:
-    """Every group's member records and publication: the only reads of the state."""
+def _groups(
+    pipeline: Pipeline, name: str | None
+) -> dict[str, tuple[list[Member], ManifestHead | None]]:
+    """Every group's member records, and its manifest if it is there and built from them
+    (the fence: a manifest whose digest is not the records' is not called published)."""
+    store = pipeline.store
     groups = {name: store.read_group(name)} if name is not None else store.list_groups()
     return {
         group: (
-            [m for mk in current_markers(found.markers) if (m := store.read_member(mk.state_key))],
-            found.published,
+            [m for marker in found.markers if (m := pipeline.member(marker))],
+            pipeline.fenced(found),
         )
         for group, found in sorted(groups.items())
         if found.markers
     }
 
 
-def omi_statuses(store: Store, defaults: Defaults, name: str | None = None) -> list[OmiStatus]:
+def omi_statuses(pipeline: Pipeline, name: str | None = None) -> list[OmiStatus]:
     """One line per OMI (or just ``name``), from the state records."""
     statuses = []
-    for group, (members, published) in _groups(store, name).items():
-        plan = plan_group(group, members, defaults)
+    for group, (members, published) in _groups(pipeline, name).items():
+        plan = plan_group(group, members, pipeline.settings.defaults)
         errors = sorted(s for s in plan.statuses.values() if s.startswith("error: "))
         if errors:
             state, error = "error", errors[0].removeprefix("error: ")
@@ -73,8 +76,10 @@ def omi_statuses(store: Store, defaults: Defaults, name: str | None = None) -> l
                 present=plan.present,
                 expected=plan.expected,
                 state=state,
-                expires=format_expiry(published.expires) if published else None,
-                manifest=manifest_key(store.manifest_prefix, group) if published else None,
+                expires=format_expiry(published.expires)
+                if published and published.expires
+                else None,
+                manifest=pipeline.manifest_key(group) if published else None,
                 error=error,
                 snapshots=snapshots,
             )

@@ -1,22 +1,27 @@
 """The steps: a snapshot changed or went away; reconcile it, then its OMIs.
 
 Level-triggered, like a Kubernetes controller: an event only names an object.
-``refresh`` reads the object's current facts, files it in exactly one group,
-and ``evaluate`` derives an OMI's whole desired state (a manifest or none, a
-status for every member) from its current records and writes only what
-differs. Both re-read after writing and go round again if the world moved, so
-concurrent, duplicated, late and reordered invocations end in the state a
-one-at-a-time run reaches. The record kinds, their invariants and the order of
-writes are in ``docs/state.md``.
+``refresh`` reads the object's current facts and files it in exactly one group;
+``evaluate`` derives an OMI's whole desired state (a manifest or none, a status for
+every member) from its current records with ``decide`` and writes only what
+differs. One fencing rule guards what users consume: a manifest carries, in its own
+metadata, the digest of the member records it was built from, and it is trusted
+only when that digest is the one the current records give. The record kinds, the
+order of writes and why every interleaving and crash converges are in
+``docs/state.md``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from hashlib import sha256
+
+from botocore.exceptions import ClientError
 
 from . import convention, manifest, signing
 from .config import Settings
@@ -25,14 +30,14 @@ from .inspection import declared_format, inspect_snapshot
 from .notifications import ObjectChange
 from .observability import count, logger
 from .store import (
+    Filed,
+    Filing,
     Group,
+    ManifestHead,
     Marker,
     ObjectInfo,
-    ObjectState,
-    Publication,
     Store,
     key_hash,
-    listing_state,
     membership_digest,
     tags_hash,
 )
@@ -41,6 +46,9 @@ LONG_TERM_KEYS_NEEDED = "signing needs long-term keys - configure the signing se
 SAFE_MANIFEST_NAME = re.compile(r"[A-Za-z0-9_./\-]+")
 SIZING_MARGIN = 30.0  # seconds to record the result after sizing a raw.gz
 ROUNDS = 5  # re-reads before giving up on a world that keeps moving (another worker finishes)
+ANNOUNCEMENT_GRACE = timedelta(hours=1)  # longer than any invocation runs (Lambda: 15 min)
+KNOWN_RECORDS = 20_000  # member records kept in memory: a record never changes under its key
+CHANGED = ("412", "PreconditionFailed", "404", "NoSuchKey")
 
 Clock = Callable[[], datetime]
 KeysProvider = Callable[[], signing.SigningKeys]
@@ -65,6 +73,10 @@ class StillChanging(RuntimeError):
 
 class Postponed(RuntimeError):
     """Not enough time left in this invocation to size a raw.gz: the next one does it."""
+
+
+class ContentChanged(RuntimeError):
+    """The object was replaced or removed while it was read: its facts are read again."""
 
 
 def _forever() -> float:
@@ -92,13 +104,20 @@ class Facts:
     def etag(self) -> str:
         return self.info.etag.strip('"') if self.info else ""
 
-    def same(self, other: Facts) -> bool:
-        return (self.group, self.etag, self.tags_hash) == (other.group, other.etag, other.tags_hash)
+    def recorded_by(self, marker: Marker) -> bool:
+        return marker.etag == self.etag and marker.tags == self.tags_hash
 
-    def finished_in(self, state: ObjectState) -> bool:
-        if self.group is None:
-            return state.empty
-        return state.finished(self.etag, self.tags_hash, self.group)
+
+@dataclass
+class Decision:
+    """What one OMI should be, from its current records: the status of every member and
+    what to do with its manifest."""
+
+    statuses: dict[str, str]
+    action: str  # "keep" (nothing to do), "publish", "withdraw", or "tidy" (hints only)
+    image: ImageSpec | None = None
+    head: ManifestHead | None = None  # the manifest as it is, when it was read
+    digest: str = ""
 
 
 @dataclass
@@ -108,6 +127,9 @@ class Pipeline:
     keys: KeysProvider
     clock: Clock = utc_now
     time_left: Callable[[], float] = _forever  # seconds this invocation has left
+    own_principal: str = ""  # who the pipeline is in S3 events (userIdentity.principalId)
+    known: OrderedDict[tuple[str, str], Member] = field(default_factory=OrderedDict)
+    written: OrderedDict[str, str] = field(default_factory=OrderedDict)  # key: tags digest
 
     # --- events ----------------------------------------------------------------
 
@@ -123,13 +145,14 @@ class Pipeline:
                 continue
             if convention.is_reserved(change.key, self.settings.reserved_prefixes):
                 continue
+            if change.tags_only and self._own_echo(change):
+                count("OwnEchoes")
+                continue
             try:
                 logger.debug(
                     "object changed", extra={"key": change.key, "event": change.event_name}
                 )
-                # A tagging event can only have changed tags: content changes bring
-                # their own ObjectCreated event.
-                self.refresh(change.key, tags_only="ObjectTagging" in change.event_name)
+                self.refresh(change.key, change)
             except Exception:
                 failures += 1
                 count("EventsFailed")
@@ -137,10 +160,29 @@ class Pipeline:
         if failures:
             raise RuntimeError(f"{failures} object changes failed; see the log")
 
-    def facts(self, key: str) -> Facts:
-        info = self.store.head(key)
-        tags = self.store.tags(key) if info else None
-        if info is None or tags is None:
+    def _own_echo(self, change: ObjectChange) -> bool:
+        """A tagging event caused by the pipeline's own status write changes nothing.
+        Where S3 names the writer, that costs no request; elsewhere, one read shows
+        whether the tags are still exactly those this process wrote last."""
+        if change.principal and self.own_principal:
+            return change.principal == self.own_principal
+        wrote = self.written.get(change.key)
+        if wrote is None:
+            return False
+        tags = self.store.tags(change.key)
+        return tags is not None and _tags_digest(tags) == wrote
+
+    def facts(self, key: str, hint: ObjectChange | None = None) -> Facts:
+        """The object now: its tags, and its ETag and size (from the event when it gives
+        them: inspection reads are pinned to that ETag, so a stale one shows)."""
+        tags = self.store.tags(key)
+        if tags is None:
+            return Facts(key, None, {}, None)
+        if hint is not None and hint.etag and hint.size is not None:
+            info: ObjectInfo | None = ObjectInfo(key, hint.etag, hint.size)
+        else:
+            info = self.store.head(key)
+        if info is None:
             return Facts(key, None, {}, None)
         return self.facts_from(info, tags)
 
@@ -151,116 +193,116 @@ class Pipeline:
         settings = convention.read_settings(info.key, tags, self.settings.defaults, reserved)
         return Facts(info.key, info, tags, settings)
 
-    def refresh(
-        self, key: str, tags_only: bool = False, suspect: frozenset[str] = frozenset()
-    ) -> None:
-        """Bring one object's records in line with its current content and tags.
-
-        The ``done`` entry is written last: while it does not match the object, processing
-        did not finish, and the next event, the platform's retry or the scheduled pass
-        does it again. Processing re-reads the object at the end and goes round again if
-        it changed meanwhile, so the last invocation to finish files the latest facts.
-        ``suspect`` names groups where the scheduled pass saw records of this object that
-        its state does not account for (left by an invocation that died): they are
-        cleared even though the object's own state says it is done.
-        """
-        if tags_only and self._tags_settled(key):
-            logger.debug("unchanged", extra={"key": key})
-            return
-        facts = self.facts(key)
-        touched: set[str] = set(suspect)
+    def refresh(self, key: str, hint: ObjectChange | None = None) -> None:
+        """Bring one object's records, and its OMIs, in line with its current content and
+        tags. Safe to run twice, concurrently, late, or again after dying anywhere: it
+        first checks the outcome (``settled``) and does only what is missing."""
+        facts = self.facts(key, hint)
+        tags_only = hint is not None and hint.tags_only
         for _ in range(ROUNDS):
-            state = self.store.object_state(key)
-            if not suspect and facts.finished_in(state):
-                if facts.group is not None and (tags_only or convention.STATUS not in facts.tags):
-                    # A tag write of the user's dropped the status, or brought back an old
-                    # one: the group decides it again.
-                    self.evaluate(facts.group)
+            filed = self.store.filed_in(key)
+            if self.settled(facts, filed):
                 logger.debug("unchanged", extra={"key": key})
                 return
-            self._apply(facts, state, touched)
-            suspect = frozenset()
-            latest = self.facts(key)
-            if latest.same(facts):
+            try:
+                moved = self._apply(facts, filed, tags_only)
+            except ContentChanged:
+                moved = True
+            if not moved:
                 return
             logger.info("snapshot changed while it was processed", extra={"key": key})
-            facts = latest
+            facts, tags_only = self.facts(key), False
         raise StillChanging(f"{key} changed on every one of {ROUNDS} reads")
 
-    def _tags_settled(self, key: str) -> bool:
-        """Three requests: the tags, the object's state and its group's listing; enough to
-        see that a tagging event (the pipeline's own status write, most often) changes
-        nothing: the user's tags are those the object was processed with, and its status
-        is the one its group's listing implies (a user who writes back a tag set read
-        earlier may have brought back an old status)."""
-        tags = self.store.tags(key)
-        if tags is None:
-            return False
-        reserved = self.settings.reserved_prefixes
-        status = tags.get(convention.STATUS)
-        if status is None and convention.is_candidate(key, tags, reserved):
-            return False  # the user's tag write replaced the set: the status must come back
-        state = self.store.object_state(key)
-        if not convention.is_candidate(key, tags, reserved):
-            return state.empty
-        settings = convention.read_settings(key, tags, self.settings.defaults, reserved)
-        name = settings.name or ""
-        if not state.finished(None, tags_hash(convention.user_tags(tags)), name):
-            return False
-        return status == self.listed_status(self.store.read_group(name))
-
-    def listed_status(self, group: Group) -> str | None:
-        """The status every member of a group should show, as far as its listing tells
-        (None when only its records can tell: a member with a problem, or disagreement)."""
-        markers = current_markers(group.markers)
-        state, expected = listing_state(markers)
-        if state == "waiting":
-            return convention.status_waiting(len(markers), expected, group.name)
-        published = group.published
-        if (
-            state == "complete"
-            and len(group.publications) == 1
-            and published is not None
-            and published.digest == membership_digest(markers)
-        ):
-            return convention.status_published(self.manifest_key(group.name))
-        return None
-
-    def _apply(self, facts: Facts, state: ObjectState, touched: set[str]) -> None:
-        """File the object in its group (or none), clear its records elsewhere, evaluate
-        every group it touched, then mark it done."""
-        hashed = key_hash(facts.key)
+    def settled(self, facts: Facts, filed: Filed) -> bool:
+        """The object is recorded as its facts say and announced nowhere else, its OMI
+        needs no write, and its status is the one its OMI gives (every evaluation writes the status
+        of the object it was started for last, so a current status means the others were
+        written too)."""
         target = facts.group
-        earlier = set(state.groups) | touched
-        if target is not None and target not in state.groups:
-            self.store.add_group_entry(facts.key, target)  # before the record it announces
+        if filed.groups - {target}:
+            return False  # it left a group, lately: that group is evaluated again
+        if target is None:
+            return facts.info is None or convention.STATUS not in facts.tags
+        if target not in filed.groups:
+            return False
+        group = self.store.read_group(target)
+        mine = [m for m in group.markers if m.key_hash == key_hash(facts.key)]
+        if len(mine) != 1 or not facts.recorded_by(mine[0]) or group.duplicated():
+            return False
+        decision = self.decide(group)
+        return (
+            decision is not None
+            and decision.action == "keep"
+            and decision.statuses.get(facts.key) == facts.tags.get(convention.STATUS)
+        )
+
+    def _apply(self, facts: Facts, filed: Filed, tags_only: bool = False) -> bool:
+        """File the object in its group (or none), clear its records elsewhere, evaluate
+        every group it touched, its own last. Returns whether the object's tags changed
+        meanwhile (it is processed again).
+
+        Announcements are never removed here (the pass prunes old, empty ones): a worker
+        with stale facts may still be about to write a record where it announced one,
+        and whoever processes the object next must find it there.
+        """
+        target = facts.group
         # A brand-new object has records nowhere; any other may have an older one in its
-        # target group too, left by an invocation that died.
-        listed = earlier | ({target} if target is not None and earlier else set())
-        records = [
-            marker for group in sorted(listed) for marker in self.store.records_of(group, facts.key)
-        ]
-        own, known = None, {}
+        # target group too, left by an invocation that was stale or died.
+        listed = filed.groups | ({target} if target is not None and filed.filings else set())
+        records = [m for group in sorted(listed) for m in self.store.records_of(group, facts.key)]
+        own = None
         if target is not None:
-            touched.add(target)
+            if tags_only and self._inspection_under_way(facts, filed, records):
+                logger.debug("left to the inspection under way", extra={"key": facts.key})
+                return False
+            if filed.announced(target, facts.etag) is None:
+                self.store.file_in(facts.key, target, facts.etag)  # before the record
             member = self._member(facts, records)
-            own = self.store.write_member(target, member, facts.tags_hash)
-            known[own] = member
-            logger.info(
-                "snapshot recorded",
-                extra={"key": facts.key, "omi": target, "problems": list(member.problems)},
-            )
-        for marker in records:
-            if marker.state_key != own:
-                self.store.delete_marker(marker.state_key)
-        for group in sorted(earlier | ({target} if target is not None else set())):
-            self.evaluate(group, known)
-        for group in state.groups - {target}:
-            self.store.delete_group_entry(hashed, group)
-        done = (facts.etag, facts.tags_hash) if target is not None else None
-        self.store.set_done(hashed, done, state.done)
-        if target is None and state.groups:
+            own = self.store.marker_key(target, member, facts.tags_hash)
+            if own not in {r.state_key for r in records}:
+                version = self.store.write_member(own, member)
+                self._remember(own, version, member)
+                logger.info(
+                    "snapshot recorded",
+                    extra={"key": facts.key, "omi": target, "problems": list(member.problems)},
+                )
+        cleared = set()
+        for record in records:
+            if record.state_key != own:
+                self.store.delete_record(record.state_key)
+                cleared.add(record.group)
+        moved = False
+        for group in sorted((filed.groups | cleared) - {target}):
+            moved |= facts.key in self.evaluate(group)
+        if target is not None:
+            moved |= facts.key in self.evaluate(target, last=facts.key)
+        elif facts.info is not None:
+            self._clear_status(facts)
+        if target is None and cleared:
             logger.info("snapshot removed", extra={"key": facts.key})
+        return moved
+
+    def _inspection_under_way(self, facts: Facts, filed: Filed, records: list[Marker]) -> bool:
+        """A tagging event that arrives while the upload's own event is still inspecting
+        the content (announced, not yet recorded) leaves the work to it: that invocation
+        reads the tags again before it finishes (``moved``), and if it dies, its event is
+        delivered again. So the content is read once per upload."""
+        if any(record.etag == facts.etag for record in records):
+            return False
+        young = self.clock() - ANNOUNCEMENT_GRACE
+        return any(f.etag == facts.etag and f.written > young for f in filed.filings)
+
+    def _clear_status(self, facts: Facts) -> None:
+        """An object that stopped being a snapshot keeps no status of ours."""
+        if convention.STATUS not in facts.tags:
+            return
+        outcome, _ = self.store.set_tag(facts.key, convention.STATUS, None)
+        if outcome == "written":
+            logger.info(
+                "status removed",
+                extra={"key": facts.key, "change": f"{facts.key}: no longer a snapshot"},
+            )
 
     def _member(self, facts: Facts, records: list[Marker]) -> Member:
         """The member record for these facts; inspection is reused from a record of the
@@ -270,12 +312,17 @@ class Pipeline:
         content = self._earlier_inspection(facts, records)
         if content is None:
             self._check_time_for(facts)
-            found = inspect_snapshot(
-                self.store.reader(facts.info),
-                facts.key,
-                size_hint=settings.size_hint,
-                ceilings=self.settings.ceilings,
-            )
+            try:
+                found = inspect_snapshot(
+                    self.store.reader(facts.info),
+                    facts.key,
+                    size_hint=settings.size_hint,
+                    ceilings=self.settings.ceilings,
+                )
+            except ClientError as error:
+                if str(error.response.get("Error", {}).get("Code")) in CHANGED:
+                    raise ContentChanged(facts.key) from None
+                raise
             count("SnapshotsInspected")
             logger.info(
                 "snapshot inspected",
@@ -317,95 +364,170 @@ class Pipeline:
         for marker in records:
             if marker.etag != facts.etag:
                 continue
-            earlier = self.store.read_member(marker.state_key)
+            earlier = self.member(marker)
             hint = facts.settings.size_hint if facts.settings else None
             if earlier and earlier.settings.size_hint == hint and earlier.key == facts.key:
                 return earlier.virtual_size, earlier.content_problems
         return None
 
-    def forget(self, hashed: str, state: ObjectState, group_markers: list[Marker]) -> None:
-        """Clear the records of an object that is gone, known only by its key's hash."""
-        for marker in group_markers:
-            member = self.store.read_member(marker.state_key)
+    # --- member records, read once per process -----------------------------------
+
+    def member(self, marker: Marker) -> Member | None:
+        """A member record; a record never changes under its key and version, so one read
+        (or this process's own write) serves every later evaluation."""
+        cached = self.known.get((marker.state_key, marker.version))
+        if cached is not None:
+            return cached
+        found = self.store.read_member(marker.state_key)
+        if found is not None:
+            self._remember(marker.state_key, marker.version, found)
+        return found
+
+    def _remember(self, state_key: str, version: str, member: Member) -> None:
+        self.known[(state_key, version)] = member
+        while len(self.known) > KNOWN_RECORDS:
+            self.known.popitem(last=False)
+
+    def forget(self, hashed: str, filed: Filed, markers: list[Marker]) -> None:
+        """Clear the records of an object that is gone, known only by its key's hash, and
+        the announcements it left once they are old."""
+        for marker in markers:
+            member = self.member(marker)
             if member is not None:
-                self.refresh(member.key, suspect=frozenset(m.group for m in group_markers))
+                self.reconcile(member.key)
                 return
-        for group in state.groups:
-            self.store.delete_group_entry(hashed, group)
-        self.store.set_done(hashed, None, state.done)
+        self.prune(hashed, filed, [])
+
+    def reconcile(self, key: str, hint: ObjectChange | None = None) -> None:
+        """What the pass does for an object that events may have missed: refresh it, then
+        drop its announcements that are past their time."""
+        self.refresh(key, hint)
+        filed = self.store.filed_in(key)
+        if self.stale_filings(filed, []):
+            records = [m for g in sorted(filed.groups) for m in self.store.records_of(g, key)]
+            self.prune(key_hash(key), filed, records)
+
+    def stale_filings(self, filed: Filed, records: list[Marker]) -> list[Filing]:
+        """Announcements older than the grace period with no record of their content: no
+        invocation can still be about to write one there."""
+        old = self.clock() - ANNOUNCEMENT_GRACE
+        recorded = {(record.group, record.etag) for record in records}
+        return [f for f in filed.filings if f.written < old and (f.group, f.etag) not in recorded]
+
+    def prune(self, hashed: str, filed: Filed, records: list[Marker]) -> None:
+        for filing in self.stale_filings(filed, records):
+            self.store.unfile(hashed, filing)
 
     # --- one OMI ---------------------------------------------------------------
 
-    def evaluate(
-        self, name: str, known: dict[str, Member] | None = None, resign: bool = False
-    ) -> set[str]:
+    def evaluate(self, name: str, last: str | None = None, resign: bool = False) -> set[str]:
         """Derive one OMI's manifest (or none) and every member's status from its current
-        records; write what differs; re-list, and go round again if a member changed.
+        records; write what differs; re-list after writing, and go round again if a
+        member record changed meanwhile (the last worker to finish sees every record).
 
-        ``resign`` publishes anew even if the publication is current (renewal).
-        ``known`` holds records this invocation just wrote (a record's key names its
-        content, so one listed under that key need not be read back). Returns the
-        members whose user tags no longer match their record (a tag change whose
-        processing is still to come): the scheduled pass refreshes them.
+        ``last`` is the member whose status is written last (the object the invocation
+        is for). ``resign`` publishes anew even if the manifest is current (renewal).
+        Returns the members whose user tags no longer match their record (a tag change
+        whose processing is still to come).
         """
         for _ in range(ROUNDS):
             group = self.store.read_group(name)
-            markers = current_markers(group.markers)
-            members = self._read_members(markers, known)
-            if members is None:
+            if group.duplicated():
+                self._settle_duplicates(group)
+                continue
+            decision = self.decide(group, resign)
+            if decision is None:
                 continue  # a record went away between listing and reading: list again
-            statuses = self._decide(group, markers, members, resign)
+            wrote = self._carry_out(group, decision)
+            if wrote is None:
+                continue  # another worker published first: see what it published
             resign = False
-            drifted = self._write_statuses(statuses, {m.key: mk.tags for m, mk in members})
+            drifted, wrote_statuses = self._write_statuses(group, decision.statuses, last)
+            if not (wrote or wrote_statuses):
+                return drifted
             after = self.store.read_group(name)
-            if after.listing == group.listing and len(after.publications) <= 1:
+            if _members(after) == _members(group):
                 return drifted
             logger.info("group changed while it was evaluated", extra={"omi": name})
         raise StillChanging(f"OMI {name} changed on every one of {ROUNDS} listings")
 
-    def _read_members(
-        self, markers: list[Marker], known: dict[str, Member] | None = None
-    ) -> list[tuple[Member, Marker]] | None:
-        members = []
-        for marker in markers:
-            member = (known or {}).get(marker.state_key) or self.store.read_member(marker.state_key)
+    def _settle_duplicates(self, group: Group) -> None:
+        """Two records of one snapshot (a replacement or retag under way, or one written
+        by a stale or dead invocation): the object's facts now decide which stays."""
+        for hashed in sorted(group.duplicated()):
+            records = [m for m in group.markers if m.key_hash == hashed]
+            member = next((m for r in records if (m := self.member(r)) is not None), None)
             if member is None:
-                return None
-            members.append((member, marker))
-        return members
+                continue
+            facts = self.facts(member.key)
+            for record in records:
+                if facts.group != group.name or not facts.recorded_by(record):
+                    self.store.delete_record(record.state_key)
 
-    def _decide(
-        self,
-        group: Group,
-        markers: list[Marker],
-        members: list[tuple[Member, Marker]],
-        resign: bool = False,
-    ) -> dict[str, str]:
-        """Publish or withdraw as the plan says; the statuses the members should show."""
-        plan = plan_group(group.name, [m for m, _ in members], self.settings.defaults)
-        if plan.image is None or not group.name:
-            self._withdraw(group)
-            return plan.statuses
+    def decide(self, group: Group, resign: bool = False) -> Decision | None:
+        """The one place statuses and publication are decided, from a group's listing:
+        its records (read only when the listing alone cannot tell) and, when it should
+        be published, the manifest's fence. None: a record went away meanwhile."""
+        markers = group.markers
+        members = [self.member(marker) for marker in markers]
+        if any(member is None for member in members):
+            return None
+        plan = plan_group(group.name, members, self.settings.defaults)  # type: ignore[arg-type]
         digest = membership_digest(markers)
-        if not resign and self._still_published(group, digest):
-            status = convention.status_published(self.manifest_key(group.name))
-            return {s.key: status for s in plan.image.snapshots}
-        return self._publish(group, plan.image, digest)
+        if plan.image is None or not group.name:
+            action = "withdraw" if group.publications else "keep"
+            return Decision(plan.statuses, action, digest=digest)
+        target = self.manifest_key(group.name)
+        published = convention.status_published(target)
+        statuses = {s.key: published for s in plan.image.snapshots}
+        head = self._fence_head(group)
+        if resign or head is None or head.digest != digest:
+            return Decision(statuses, "publish", plan.image, head, digest)
+        hints = [p for p in group.publications if p.digest == digest]
+        tidy = len(group.publications) != 1 or len(hints) != 1
+        return Decision(statuses, "tidy" if tidy else "keep", plan.image, head, digest)
 
-    def _still_published(self, group: Group, digest: str) -> bool:
-        """One publication, of these very records, and its manifest is there. Two
-        publications (workers that published at once, one maybe from a stale view) are
-        never trusted: publishing again leaves one, from the current records."""
-        if len(group.publications) != 1 or group.publications[0].digest != digest:
-            return False
-        return self.store.head(self.manifest_key(group.name)) is not None
+    def _fence_head(self, group: Group) -> ManifestHead | None:
+        """The manifest as it is, read only where a hint says one may exist."""
+        if not group.publications:
+            return None
+        return self.store.manifest_head(self.manifest_key(group.name))
+
+    def fenced(self, group: Group) -> ManifestHead | None:
+        """The manifest, only if it is there and built from the current records."""
+        digest = membership_digest(group.markers)
+        if not any(p.digest == digest for p in group.publications) or group.duplicated():
+            return None
+        head = self.store.manifest_head(self.manifest_key(group.name))
+        return head if head is not None and head.digest == digest else None
 
     def manifest_key(self, name: str) -> str:
         return manifest_key(self.settings.manifest_prefix, name)
 
-    def _publish(self, group: Group, image: ImageSpec, digest: str) -> dict[str, str]:
-        """Sign, write the manifest and its expiry entry, then the publication record
-        (the commit point), then drop the previous publication's records."""
+    def _carry_out(self, group: Group, decision: Decision) -> bool | None:
+        """Publish, withdraw or tidy as decided; whether anything was written (None: a
+        concurrent publication won)."""
+        if decision.action == "publish":
+            assert decision.image is not None
+            published = self._publish(group, decision.image, decision.digest, decision.head)
+            if published is None:
+                return None
+            decision.statuses.update(published)
+            return True
+        if decision.action == "withdraw":
+            self._withdraw(group)
+            return True
+        if decision.action == "tidy":
+            self._tidy(group, decision.head, decision.digest)
+            return True
+        return False
+
+    def _publish(
+        self, group: Group, image: ImageSpec, digest: str, head: ManifestHead | None
+    ) -> dict[str, str] | None:
+        """Sign, write the publication hint, then the manifest (conditionally: of workers
+        publishing at once exactly one writes), then drop superseded hints. Returns the
+        statuses it implies, or None when another worker's manifest won."""
         now = self.clock()
         keys = self._signing_keys(image)
         if isinstance(keys, str):
@@ -427,7 +549,7 @@ class Pipeline:
 
         target = self.manifest_key(image.name)
         kept = {}
-        if group.published is not None:  # the user's own tags on the manifest (omi:renew)
+        if head is not None:  # the user's own tags on the manifest (omi:renew)
             current = self.store.tags(target) or {}
             kept = {k: v for k, v in current.items() if not signing.is_url_tag(k)}
         try:
@@ -438,39 +560,42 @@ class Pipeline:
             logger.error(LONG_TERM_KEYS_NEEDED, extra={"omi": image.name})
             self._withdraw(group)
             return {s.key: convention.status_error(LONG_TERM_KEYS_NEEDED) for s in image.snapshots}
-        document = manifest.build(image, {s.key: sign(s.key) for s in image.snapshots})
-        expiry_marker = self.store.expiry_key(image.name, expires_at, digest)
-        publication = self.store.publication_key(image.name, digest, expires_at)
-        self.store.put_manifest(target, manifest.render(document), tags)
-        self.store.write_expiry(expiry_marker)
-        self.store.write_publication(publication)
-        self._drop_superseded(group, Publication.parse(publication))
+        body = manifest.render(manifest.build(image, {s.key: sign(s.key) for s in image.snapshots}))
+        hint = self.store.publication_key(image.name, digest, expires_at, _md5(body))
+        self.store.write_publication(hint)
+        if not self.store.put_manifest(target, body, tags, digest, expires_at, head):
+            logger.info("another worker published first", extra={"omi": image.name})
+            return None
+        for earlier in group.publications:
+            if earlier.state_key != hint:
+                self.store.delete_record(earlier.state_key)
         count("ManifestsPublished")
         shown = signing.format_expiry(expires_at)
+        renewed = head is not None and head.digest == digest
         logger.info(
-            "manifest published",
+            "manifest renewed" if renewed else "manifest published",
             extra={
                 "omi": image.name,
                 "manifest": target,
                 "snapshots": len(image.snapshots),
                 "expires": shown,
-                "change": f"{image.name}: published {target} (expires {shown})",
+                "change": f"{image.name}: {'renewed' if renewed else 'published'} {target} "
+                f"(expires {shown})",
             },
         )
         status = convention.status_published(target)
         return {s.key: status for s in image.snapshots}
 
-    def _drop_superseded(self, group: Group, kept: Publication) -> None:
-        """The records of other publications than ``kept``: each expiry entry before its
-        publication record, so that a failure leaves a record to redo it."""
-        expiry_marker = self.store.expiry_key(group.name, kept.expires, kept.digest)
-        for earlier in group.publications:
-            if earlier.state_key == kept.state_key:
-                continue
-            old_expiry = self.store.expiry_key(group.name, earlier.expires, earlier.digest)
-            if old_expiry != expiry_marker:
-                self.store.delete_expiry(old_expiry)
-            self.store.delete_publication(earlier.state_key)
+    def _tidy(self, group: Group, head: ManifestHead | None, digest: str) -> None:
+        """The manifest is current; its hint is written if missing (a publisher that lost
+        a race, or died, may have left others), and superseded hints dropped."""
+        assert head is not None and head.expires is not None
+        keep = self.store.publication_key(group.name, digest, head.expires, head.etag)
+        if keep not in {p.state_key for p in group.publications}:
+            self.store.write_publication(keep)
+        for hint in group.publications:
+            if hint.state_key != keep:
+                self.store.delete_record(hint.state_key)
 
     def _signing_keys(self, image: ImageSpec) -> signing.SigningKeys | str:
         """The signing keys, or what the user must fix when they cannot be had."""
@@ -494,34 +619,27 @@ class Pipeline:
         processed as an event would have been) or ``gone`` (nothing is published).
         """
         group = self.store.read_group(name)
-        if group.published is None:
+        if not group.publications:
             return "gone"
-        members = self._read_members(current_markers(group.markers))
-        for member, marker in members or []:
-            info = self.store.head(member.key)
+        for marker in group.markers:
+            member = self.member(marker)
+            info = self.store.head(member.key) if member is not None else None
+            if member is None:
+                self.evaluate(name)
+                return "refreshed"
             if info is None or info.etag.strip('"') != marker.etag:
-                self.refresh(member.key, suspect=frozenset({name}))
+                self.refresh(member.key)
                 return "refreshed"
         self.evaluate(name, resign=True)
         return "renewed"
 
     def _withdraw(self, group: Group) -> None:
-        """Take down a published manifest, if there is one. The publication record goes
-        last: if a step fails, the group still says published and the next evaluation
-        finishes the withdrawal. With no record, a manifest left by a publication that
-        failed before its record is looked for (a read) and deleted only if it is there."""
+        """Take down the manifest, then the hints that said it may exist: a withdrawal
+        that stops half-way leaves a hint, so the next evaluation finishes it."""
         target = self.manifest_key(group.name)
-        if not group.publications:
-            if group.name and self.store.head(target) is not None:
-                self.store.delete_manifest(target)
-                logger.info("unfinished publication removed", extra={"omi": group.name})
-            return
         self.store.delete_manifest(target)
-        for publication in group.publications:
-            self.store.delete_expiry(
-                self.store.expiry_key(group.name, publication.expires, publication.digest)
-            )
-            self.store.delete_publication(publication.state_key)
+        for hint in group.publications:
+            self.store.delete_record(hint.state_key)
         count("ManifestsWithdrawn")
         logger.info(
             "manifest withdrawn",
@@ -532,16 +650,27 @@ class Pipeline:
             },
         )
 
-    def _write_statuses(self, statuses: dict[str, str], record_tags: dict[str, str]) -> set[str]:
-        """Write each status that differs, merged into tags read just before."""
-        drifted = set()
-        for key, status in sorted(statuses.items()):
+    def _write_statuses(
+        self, group: Group, statuses: dict[str, str], last: str | None
+    ) -> tuple[set[str], bool]:
+        """Write each status that differs, merged into tags read just before, ``last``'s
+        last. A status is never written on a member whose user tags no longer match its
+        record: it moved, or is about to, and its own processing decides it. Returns
+        those members, and whether any status was written."""
+        recorded = {}
+        for marker in group.markers:
+            member = self.member(marker)
+            if member is not None:
+                recorded[member.key] = marker.tags
+        drifted, wrote = set(), False
+        for key in sorted(statuses, key=lambda k: (k == last, k)):
+            status = statuses[key]
 
             def unchanged(tags: dict[str, str], key: str = key) -> bool:
-                return tags_hash(convention.user_tags(tags)) == record_tags.get(key)
+                return tags_hash(convention.user_tags(tags)) == recorded.get(key)
 
-            outcome, _ = self.store.set_tag(key, convention.STATUS, status, unchanged)
-            if outcome == "moved":  # retagged since its record: its own processing decides
+            outcome, before = self.store.set_tag(key, convention.STATUS, status, unchanged)
+            if outcome == "moved":
                 drifted.add(key)
             elif outcome == "full":
                 logger.warning(
@@ -549,19 +678,32 @@ class Pipeline:
                     extra={"key": key, "status": status},
                 )
             elif outcome == "written":
+                wrote = True
+                self._wrote(key, {**(before or {}), convention.STATUS: status})
                 extra = {"key": key, "status": status}
                 if not status.startswith("published:"):  # the OMI's own line says it
                     extra["change"] = f"{key}: {status}"
                 logger.info("status written", extra=extra)
                 if status.startswith("error:"):
                     count("SnapshotErrors")
-        return drifted
+        return drifted, wrote
+
+    def _wrote(self, key: str, tags: dict[str, str]) -> None:
+        """Remember the tag set this process wrote last, to know its echo by one read."""
+        self.written[key] = _tags_digest(tags)
+        self.written.move_to_end(key)
+        while len(self.written) > KNOWN_RECORDS:
+            self.written.popitem(last=False)
 
 
-def current_markers(markers: list[Marker]) -> list[Marker]:
-    """One record per snapshot: while a replacement is under way a snapshot can show two;
-    the newest stands, and the worker replacing it evaluates again once it is done."""
-    newest: dict[str, Marker] = {}
-    for marker in sorted(markers, key=lambda m: (m.modified, m.state_key)):
-        newest[marker.key_hash] = marker
-    return sorted(newest.values(), key=lambda m: m.state_key)
+def _members(group: Group) -> frozenset[tuple[str, str]]:
+    return frozenset((m.state_key, m.version) for m in group.markers)
+
+
+def _tags_digest(tags: dict[str, str]) -> str:
+    return tags_hash(dict(tags))
+
+
+def _md5(body: bytes) -> str:
+    """The ETag S3 gives an object written in one PutObject (without SSE-KMS)."""
+    return hashlib.md5(body, usedforsecurity=False).hexdigest()

@@ -5,6 +5,7 @@ Built lazily so that importing the app (every Lambda cold start) stays cheap.
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from functools import cache
 from typing import Any
@@ -18,6 +19,9 @@ from .store import Store
 # within a Lambda's time without hiding a real outage, which then fails the event so
 # that Lambda retries it, and the scheduled pass repairs whatever is left.
 RETRIES = {"mode": "standard", "max_attempts": 5}
+# Tag writes are never retried by botocore: a retry would re-send a tag set read before it,
+# dropping a tag the user wrote meanwhile. The store retries them by reading again.
+NO_RETRIES = {"mode": "standard", "total_max_attempts": 1}
 # GetBucketLocation's answers that are not region names.
 LOCATIONS = {"": "us-east-1", "EU": "eu-west-1"}
 
@@ -32,7 +36,9 @@ def store_credentials(settings: config.Settings) -> dict[str, str]:
     return {"aws_access_key_id": keys.access_key, "aws_secret_access_key": keys.secret_key}
 
 
-def s3_client(settings: config.Settings, region: str | None = None) -> Any:
+def s3_client(
+    settings: config.Settings, region: str | None = None, retries: dict[str, Any] = RETRIES
+) -> Any:
     import boto3
     from botocore.config import Config
 
@@ -40,9 +46,28 @@ def s3_client(settings: config.Settings, region: str | None = None) -> Any:
         "s3",
         endpoint_url=settings.endpoint_url,
         region_name=region or settings.region,
-        config=Config(signature_version="s3v4", retries=RETRIES),
+        config=Config(signature_version="s3v4", retries=retries),
         **store_credentials(settings),
     )
+
+
+def own_principal(env: dict[str, str] | None = None) -> str:
+    """Who this process is in S3 events (``userIdentity.principalId``), so that the echoes
+    of its own tag writes cost nothing: ``OMI_OWN_PRINCIPAL`` when set (a local run knows
+    its key), on Lambda the role session STS names (``AWS:<role id>:<function>``);
+    "" where it cannot be told, and echoes are then recognised by one read."""
+    env = dict(os.environ) if env is None else env
+    if env.get("OMI_OWN_PRINCIPAL"):
+        return env["OMI_OWN_PRINCIPAL"]
+    if not env.get("AWS_LAMBDA_FUNCTION_NAME"):
+        return ""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return "AWS:" + boto3.client("sts").get_caller_identity()["UserId"]
+    except (BotoCoreError, ClientError):
+        return ""
 
 
 def bucket_region(client: Any, bucket: str) -> str:
@@ -68,9 +93,15 @@ def with_region(settings: config.Settings, client: Any | None = None) -> config.
     return replace(settings, region=bucket_region(asking, settings.bucket))
 
 
-def build_pipeline(settings: config.Settings, client: Any | None = None) -> Pipeline:
+def build_pipeline(
+    settings: config.Settings, client: Any | None = None, tag_client: Any | None = None
+) -> Pipeline:
+    """The pipeline on ``client`` (tags written with ``tag_client``, which must not retry),
+    or on clients made from the settings."""
     settings = with_region(settings, client)
-    store = Store(client or s3_client(settings), settings)
+    if client is None:
+        client, tag_client = s3_client(settings), s3_client(settings, retries=NO_RETRIES)
+    store = Store(client, settings, tag_client)
 
     def keys() -> signing.SigningKeys:
         return signing.load_keys(
@@ -82,4 +113,4 @@ def build_pipeline(settings: config.Settings, client: Any | None = None) -> Pipe
 
 @cache
 def pipeline() -> Pipeline:
-    return build_pipeline(config.load())
+    return replace(build_pipeline(config.load()), own_principal=own_principal())

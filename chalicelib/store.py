@@ -1,38 +1,41 @@
 """Everything that talks to the bucket: snapshot objects, their tags, state records, manifests.
 
 The record kinds, what each means, and the order they are written in are in
-``docs/state.md``; the layout under the state prefix, in short:
+``docs/state.md``; the layout, in short:
 
-    objects/<h>/group=<g>                 snapshot <h> (hash of its key) may have a record in
-                                          group <g>: written before the record, deleted after
-    objects/<h>/done=<etag>@<tags>        processing of <h> finished for that content and
-                                          those user tags: the object's commit point
-    groups/<g>/<h>@<etag>@<n>@<ok|bad>@<tags>
+    <state>objects/<h>/group=<g>@<etag>   snapshot <h> (hash of its key) may have a record of
+                                          content <etag> in group <g>: written before the
+                                          record; pruned by the pass once old and empty
+    <state>groups/<g>/<h>@<etag>@<n>@<ok|bad>@<tags>
                                           a member record (JSON); the key itself says which
                                           content was inspected, how many snapshots the
                                           member declares (n, 0: none), whether it has a
                                           problem, and which user tags it was read from
-    groups/<g>/~published@<digest>@<expires>
-                                          the OMI is published; digest names the member
-                                          records it was built from: the group's commit point
-    expiry/<minute>/<g>@<digest>          one per published OMI, sorted by when its URLs
-                                          expire: finding the due ones is a short listing
+    <state>groups/<g>/~published@<digest>@<expires>@<md5>
+                                          a manifest of these records (whose ETag is md5)
+                                          may exist: written
+                                          before the manifest, deleted after it; the pass
+                                          finds due renewals in this listing
+    <manifests>/<name>.json               the manifest; its metadata names the digest of the
+                                          member records it was built from (the fence)
 
 One list request of ``groups/<g>/`` tells an OMI's whole story; one of ``objects/<h>/``
-tells a snapshot's. Reconciling compares listings: one request per 1,000 objects.
+where a snapshot is filed. Reconciling compares listings: one request per 1,000 objects.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from .config import Settings
 from .convention import MAX_TAGS, SnapshotSettings
@@ -40,13 +43,16 @@ from .grouping import Member
 from .inspection import S3Reader
 
 MISSING = ("404", "NoSuchKey", "NotFound")
+PRECONDITION = ("412", "PreconditionFailed", "ConditionalRequestConflict", "409")
 LAST_CHARACTER = "\U0010ffff"  # sorts after any character a key can hold next
 PUBLISHED = "~published"
 UNNAMED = "~"  # the group segment of snapshots that have no OMI name (a file at the root)
 GROUP_ENTRY = "group="
-DONE_ENTRY = "done="
 EXPIRES_FORMAT = "%Y%m%dT%H%M%SZ"
-MINUTE_FORMAT = "%Y%m%dT%H%MZ"
+DIGEST_METADATA = "omi-digest"  # S3 user metadata of a manifest: x-amz-meta-omi-digest
+EXPIRES_METADATA = "omi-expires"
+TAG_WRITE_ATTEMPTS = 5  # a failed tag write is retried by reading and merging again
+TAG_RETRY_BASE = 0.2  # seconds, doubled each attempt, with full jitter
 
 
 def key_hash(key: str) -> str:
@@ -93,73 +99,66 @@ class Marker:
     ok: bool
     tags: str
     version: str = ""  # the record's own ETag: changes whenever its content does
-    modified: str = ""
 
     @classmethod
-    def parse(cls, state_key: str, version: str = "", modified: str = "") -> Marker:
+    def parse(cls, state_key: str, version: str = "") -> Marker:
         parents, leaf = state_key.rsplit("/", 1)
         hashed, etag, declared, flag, tags = leaf.split("@")
         group = group_from_segment(parents.rsplit("/", 1)[1])
-        return cls(
-            state_key, group, hashed, etag, int(declared), flag == "ok", tags, version, modified
-        )
+        return cls(state_key, group, hashed, etag, int(declared), flag == "ok", tags, version)
 
 
 @dataclass(frozen=True)
 class Publication:
-    """A published OMI as its group listing shows it."""
+    """A publication as its group listing shows it: a manifest of the records named by
+    ``digest`` may exist, its URLs expiring at ``expires``. A hint, never proof: the
+    manifest's own metadata is (see ``ManifestHead``)."""
 
     state_key: str
     group: str
     digest: str
     expires: datetime
+    etag: str = ""  # the manifest's ETag, as a listing of manifests shows it
 
     @classmethod
     def parse(cls, state_key: str) -> Publication:
         parents, leaf = state_key.rsplit("/", 1)
-        _, digest, expires = leaf.split("@")
+        _, digest, expires, *etag = leaf.split("@")
         moment = datetime.strptime(expires, EXPIRES_FORMAT).replace(tzinfo=UTC)
-        return cls(state_key, group_from_segment(parents.rsplit("/", 1)[1]), digest, moment)
+        group = group_from_segment(parents.rsplit("/", 1)[1])
+        return cls(state_key, group, digest, moment, "".join(etag))
+
+
+@dataclass(frozen=True)
+class ManifestHead:
+    """A manifest as it is: its ETag (for a conditional replacement) and the digest and
+    expiry it was written with."""
+
+    etag: str
+    digest: str
+    expires: datetime | None
 
 
 @dataclass
 class Group:
-    """One OMI's records: its members and, if it is published, the publication."""
+    """One OMI's records: its members and the publications that may exist."""
 
     name: str
     markers: list[Marker] = field(default_factory=list)
-    publications: list[Publication] = field(default_factory=list)  # more than one: mid-change
-
-    @property
-    def published(self) -> Publication | None:
-        return max(self.publications, key=lambda p: p.expires, default=None)
+    publications: list[Publication] = field(default_factory=list)
 
     @property
     def listing(self) -> frozenset[tuple[str, str]]:
-        """What a re-listing compares: the member records and their contents."""
-        return frozenset((m.state_key, m.version) for m in self.markers)
+        """What a re-listing compares: every record and its content."""
+        return frozenset((m.state_key, m.version) for m in self.markers) | frozenset(
+            (p.state_key, "") for p in self.publications
+        )
 
-
-@dataclass(frozen=True)
-class ObjectState:
-    """What ``objects/<h>/`` says of one snapshot: the groups it may have records in, and
-    the (ETag, tags hash) pairs its processing finished for."""
-
-    key_hash: str
-    groups: frozenset[str] = frozenset()
-    done: frozenset[tuple[str, str]] = frozenset()
-
-    @property
-    def empty(self) -> bool:
-        return not self.groups and not self.done
-
-    def finished(self, etag: str | None, tags: str, group: str) -> bool:
-        """Processing finished for these facts (``etag`` None: any content), and left the
-        snapshot in exactly one group."""
-        if self.groups != {group} or len(self.done) != 1:
-            return False
-        done_etag, done_tags = next(iter(self.done))
-        return done_tags == tags and (etag is None or done_etag == _strip(etag))
+    def duplicated(self) -> set[str]:
+        """Hashes of snapshots with more than one record here (a replacement or retag
+        under way, or a record left by a stale or dead invocation)."""
+        seen: set[str] = set()
+        return {m.key_hash for m in self.markers if m.key_hash in seen or seen.add(m.key_hash)}
 
 
 def listing_state(markers: list[Marker]) -> tuple[str, int]:
@@ -181,8 +180,12 @@ def membership_digest(markers: Iterable[Marker]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code"))
+
+
 def _missing(error: ClientError) -> bool:
-    return error.response.get("Error", {}).get("Code") in MISSING
+    return _code(error) in MISSING
 
 
 def member_to_json(member: Member) -> bytes:
@@ -198,16 +201,39 @@ def member_from_json(body: bytes) -> Member:
     return Member(settings=SnapshotSettings(**settings), **data)
 
 
-class Store:
-    """The bucket, as the pipeline needs it."""
+def _transient(error: Exception) -> bool:
+    """A failure worth another try: throttling, a 5xx, a dropped connection."""
+    if isinstance(error, BotoCoreError):
+        return True
+    if isinstance(error, ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return (
+            status >= 500
+            or status == 429
+            or "Throttl" in _code(error)
+            or "SlowDown" in _code(error)
+        )
+    return False
 
-    def __init__(self, client: Any, settings: Settings) -> None:
+
+class Store:
+    """The bucket, as the pipeline needs it.
+
+    ``tag_client`` makes no retries of its own: botocore would re-send a tag set read
+    before the retry, dropping a tag the user wrote meanwhile. ``set_tag`` retries by
+    reading and merging again instead.
+    """
+
+    def __init__(self, client: Any, settings: Settings, tag_client: Any | None = None) -> None:
         self.client = client
+        self.tag_client = tag_client or client
         self.bucket = settings.bucket
         self.state = settings.state_prefix
         self.manifest_prefix = settings.manifest_prefix
         self.keeps_put_tags: bool | None = None  # tags sent with PutObject; None: not known yet
         self.tags_checked = False  # PutObjectTagging seen to keep them
+        self.conditional_writes = True  # False once the store refuses If-Match/If-None-Match
+        self.pause: Callable[[float], None] = time.sleep
 
     # --- snapshot objects ------------------------------------------------------
 
@@ -229,7 +255,7 @@ class Store:
         return None if found is None else {tag["Key"]: tag["Value"] for tag in found["TagSet"]}
 
     def put_tags(self, key: str, tags: dict[str, str]) -> None:
-        self.client.put_object_tagging(
+        self.tag_client.put_object_tagging(
             Bucket=self.bucket,
             Key=key,
             Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]},
@@ -239,34 +265,46 @@ class Store:
         self,
         key: str,
         name: str,
-        value: str,
+        value: str | None,
         still: Callable[[dict[str, str]], bool] = lambda _: True,
     ) -> tuple[str, dict[str, str] | None]:
-        """Merge one tag into an object's tags, read immediately before: a tag the user
-        wrote meanwhile is kept (S3 has no conditional tag write; only one landing in the
-        milliseconds between the read and the write can be lost). ``still`` checks the
-        tags read: when it fails, nothing is written.
+        """Merge one tag (``value`` None: remove it) into an object's tags, read
+        immediately before: a tag the user wrote meanwhile is kept (S3 has no conditional
+        tag write; only one landing in the milliseconds between the read and the write can
+        be lost). ``still`` checks the tags read: when it fails, nothing is written. A
+        failed write is retried by reading and merging again, never by re-sending.
 
         Returns the outcome, ``written``, ``unchanged``, ``full`` (10 tags already, none
         of them this one), ``moved`` (``still`` failed) or ``missing`` (the object is
         gone), and the tags read.
         """
-        current = self.tags(key)
-        if current is None:
-            return "missing", None
-        if not still(current):
-            return "moved", current
-        if current.get(name) == value:
-            return "unchanged", current
-        if name not in current and len(current) >= MAX_TAGS:
-            return "full", current
-        try:
-            self.put_tags(key, {**current, name: value})
-        except ClientError as error:
-            if _missing(error):
+        for attempt in range(TAG_WRITE_ATTEMPTS):
+            current = self.tags(key)
+            if current is None:
                 return "missing", None
-            raise
-        return "written", current
+            if not still(current):
+                return "moved", current
+            if current.get(name) == value:
+                return "unchanged", current
+            if value is not None and name not in current and len(current) >= MAX_TAGS:
+                return "full", current
+            merged = {k: v for k, v in current.items() if k != name}
+            if value is not None:
+                merged[name] = value
+            try:
+                self.put_tags(key, merged)
+            except ClientError as error:
+                if _missing(error):
+                    return "missing", None
+                if not _transient(error) or attempt == TAG_WRITE_ATTEMPTS - 1:
+                    raise
+            except BotoCoreError:
+                if attempt == TAG_WRITE_ATTEMPTS - 1:
+                    raise
+            else:
+                return "written", current
+            self.pause(random.uniform(0, TAG_RETRY_BASE * 2**attempt))
+        raise AssertionError("unreachable")  # the last attempt returns or raises
 
     def reader(self, info: ObjectInfo) -> S3Reader:
         return S3Reader(self.client, self.bucket, info.key, size=info.size, etag=info.etag)
@@ -277,10 +315,12 @@ class Store:
         found = self._unless_missing(self.client.get_object, key)
         return None if found is None else found["Body"].read()
 
-    def _put(self, key: str, body: bytes = b"") -> None:
-        self.client.put_object(
+    def _put(self, key: str, body: bytes = b"") -> str:
+        """Write one record; its ETag."""
+        written = self.client.put_object(
             Bucket=self.bucket, Key=key, Body=body, ContentType="application/json"
         )
+        return _strip(written.get("ETag", ""))
 
     def _delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)
@@ -292,41 +332,31 @@ class Store:
         for page in pages:
             yield from page.get("Contents", [])
 
-    # --- state: one snapshot -------------------------------------------------------
+    # --- state: where a snapshot is filed ------------------------------------------
 
     def _object_prefix(self, hashed: str) -> str:
         return f"{self.state}objects/{hashed}/"
 
-    def object_state(self, key: str) -> ObjectState:
-        """One list request: where a snapshot may be filed and what was finished for it."""
-        hashed = key_hash(key)
-        prefix = self._object_prefix(hashed)
-        return _object_state(hashed, (item["Key"][len(prefix) :] for item in self._list(prefix)))
+    def filed_in(self, key: str) -> Filed:
+        """One list request: where a snapshot may have records."""
+        prefix = self._object_prefix(key_hash(key))
+        return Filed(tuple(_filing(item, prefix) for item in self._list(prefix)))
 
-    def all_object_states(self) -> dict[str, ObjectState]:
-        """Every snapshot's state, from one list request per 1,000 entries."""
+    def all_filed(self) -> dict[str, Filed]:
+        """Every snapshot's filings, by key hash, from one list request per 1,000 entries."""
         prefix = f"{self.state}objects/"
-        entries: dict[str, list[str]] = {}
+        entries: dict[str, list[Filing]] = {}
         for item in self._list(prefix):
-            hashed, _, entry = item["Key"][len(prefix) :].partition("/")
-            entries.setdefault(hashed, []).append(entry)
-        return {hashed: _object_state(hashed, found) for hashed, found in entries.items()}
+            hashed = item["Key"][len(prefix) :].partition("/")[0]
+            filing = _filing(item, f"{prefix}{hashed}/")
+            entries.setdefault(hashed, []).append(filing)
+        return {hashed: Filed(tuple(found)) for hashed, found in entries.items()}
 
-    def add_group_entry(self, key: str, group: str) -> None:
-        self._put(f"{self._object_prefix(key_hash(key))}{GROUP_ENTRY}{group_segment(group)}")
+    def file_in(self, key: str, group: str, etag: str) -> None:
+        self._put(f"{self._object_prefix(key_hash(key))}{_filing_leaf(group, etag)}")
 
-    def delete_group_entry(self, hashed: str, group: str) -> None:
-        self._delete(f"{self._object_prefix(hashed)}{GROUP_ENTRY}{group_segment(group)}")
-
-    def set_done(self, hashed: str, done: tuple[str, str] | None, previous: Iterable) -> None:
-        """Mark processing finished for ``done`` (None: the snapshot is gone) and drop the
-        marks of earlier facts."""
-        prefix = f"{self._object_prefix(hashed)}{DONE_ENTRY}"
-        for etag, tags in previous:
-            if (etag, tags) != done:
-                self._delete(f"{prefix}{etag}@{tags}")
-        if done is not None and done not in previous:
-            self._put(f"{prefix}{done[0]}@{done[1]}")
+    def unfile(self, hashed: str, filing: Filing) -> None:
+        self._delete(f"{self._object_prefix(hashed)}{_filing_leaf(filing.group, filing.etag)}")
 
     # --- state: one OMI ------------------------------------------------------------
 
@@ -334,7 +364,7 @@ class Store:
         return f"{self.state}groups/{group_segment(name)}/"
 
     def read_group(self, name: str) -> Group:
-        """The members of one OMI and its publication, from one list request per 1,000."""
+        """The members of one OMI and its publications, from one list request per 1,000."""
         group = Group(name)
         for item in self._list(self.group_prefix(name)):
             _add_to_group(group, item)
@@ -361,56 +391,24 @@ class Store:
         etag = _strip(member.etag)
         return f"{self.group_prefix(name)}{key_hash(member.key)}@{etag}@{declared}@{flag}@{tags}"
 
-    def write_member(self, name: str, member: Member, tags: str) -> str:
-        marker = self.marker_key(name, member, tags)
-        self._put(marker, member_to_json(member))
-        return marker
+    def write_member(self, marker: str, member: Member) -> str:
+        """Write a member record; its version (ETag)."""
+        return self._put(marker, member_to_json(member))
 
-    def delete_marker(self, marker: str) -> None:
-        self._delete(marker)
+    def delete_record(self, state_key: str) -> None:
+        """A member record or a publication hint."""
+        self._delete(state_key)
 
     def read_member(self, marker: str) -> Member | None:
         body = self._get(marker)
         return None if body is None else member_from_json(body)
 
-    def publication_key(self, name: str, digest: str, expires: datetime) -> str:
+    def publication_key(self, name: str, digest: str, expires: datetime, etag: str) -> str:
         stamp = expires.astimezone(UTC).strftime(EXPIRES_FORMAT)
-        return f"{self.group_prefix(name)}{PUBLISHED}@{digest}@{stamp}"
+        return f"{self.group_prefix(name)}{PUBLISHED}@{digest}@{stamp}@{etag}"
 
     def write_publication(self, key: str) -> None:
         self._put(key)
-
-    def delete_publication(self, key: str) -> None:
-        self._delete(key)
-
-    # --- state: expiry index ---------------------------------------------------------
-
-    def expiry_key(self, name: str, expires: datetime, digest: str) -> str:
-        """Rounded down to the minute, so two passes renewing at once write one marker;
-        ``digest`` names the member records published, so a listing can tell a stale one."""
-        minute = expires.astimezone(UTC).strftime(MINUTE_FORMAT)
-        return f"{self.state}expiry/{minute}/{group_segment(name)}@{digest}"
-
-    def write_expiry(self, key: str) -> None:
-        self._put(key)
-
-    def delete_expiry(self, key: str) -> None:
-        self._delete(key)
-
-    def parse_expiry(self, marker: str) -> tuple[str, str]:
-        """(OMI name, digest) of an expiry entry."""
-        segment, digest = marker.rsplit("/", 1)[1].split("@")
-        return group_from_segment(segment), digest
-
-    def due(self, before: datetime) -> Iterator[tuple[str, str, str]]:
-        """(expiry marker, OMI name, digest) of every manifest expiring before ``before``,
-        oldest first; the listing stops at the first one that is not due."""
-        cutoff = before.astimezone(UTC).strftime(MINUTE_FORMAT)
-        prefix = f"{self.state}expiry/"
-        for item in self._list(prefix):
-            if item["Key"][len(prefix) :].split("/", 1)[0] > cutoff:
-                return
-            yield item["Key"], *self.parse_expiry(item["Key"])
 
     # --- the bucket's own objects ----------------------------------------------------
 
@@ -435,33 +433,75 @@ class Store:
             else:
                 return
 
-    def list_keys(self, prefix: str) -> Iterator[tuple[str, datetime]]:
-        """Keys under ``prefix`` with when they were written."""
+    def list_etags(self, prefix: str) -> Iterator[tuple[str, str]]:
+        """Keys under ``prefix`` with their ETags."""
         for item in self._list(prefix):
-            yield item["Key"], item["LastModified"]
+            yield item["Key"], _strip(item.get("ETag", ""))
 
     # --- manifests -------------------------------------------------------------------
 
-    def put_manifest(self, key: str, body: bytes, tags: dict[str, str]) -> None:
-        """Body and URL tags in one request: readers never see one without the other.
+    def manifest_head(self, key: str) -> ManifestHead | None:
+        """The manifest's ETag and the digest it was built from (None: no manifest)."""
+        found = self._unless_missing(self.client.head_object, key)
+        if found is None:
+            return None
+        metadata = found.get("Metadata", {})
+        expires = metadata.get(EXPIRES_METADATA)
+        moment = datetime.strptime(expires, EXPIRES_FORMAT).replace(tzinfo=UTC) if expires else None
+        return ManifestHead(_strip(found["ETag"]), metadata.get(DIGEST_METADATA, ""), moment)
+
+    def put_manifest(
+        self,
+        key: str,
+        body: bytes,
+        tags: dict[str, str],
+        digest: str,
+        expires: datetime,
+        replacing: ManifestHead | None,
+    ) -> bool:
+        """Body, fence metadata and URL tags in one request: readers never see one without
+        the others. Conditional: it creates the manifest only if there is none, or replaces
+        only the one ``replacing`` names, so that of several workers publishing at once
+        exactly one writes. Returns False when another write won.
 
         Some stores (s3rver) ignore tags sent with PutObject. The first manifest this
         process writes is read back to learn which kind the store is (one request per
         process); on such a store the tags are then put separately, and checked the
         first time, so that the URL is always readable where the store keeps tags at all.
+        A store that refuses conditions gets unconditional writes (the fence still
+        corrects whatever a stale writer leaves).
         """
         tagging = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in tags.items())
-        self.client.put_object(
-            Bucket=self.bucket,
-            Key=key,
-            Body=body,
-            ContentType="application/json",
-            Tagging=tagging,
+        request = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Body": body,
+            "ContentType": "application/json",
+            "Tagging": tagging,
+            "Metadata": {
+                DIGEST_METADATA: digest,
+                EXPIRES_METADATA: expires.astimezone(UTC).strftime(EXPIRES_FORMAT),
+            },
+        }
+        condition = (
+            {"IfMatch": f'"{replacing.etag}"'} if replacing is not None else {"IfNoneMatch": "*"}
         )
+        try:
+            self.client.put_object(**request, **(condition if self.conditional_writes else {}))
+        except ClientError as error:
+            if _code(error) in PRECONDITION or (replacing is not None and _missing(error)):
+                return False
+            if _code(error) not in ("NotImplemented", "501"):
+                raise
+            self.conditional_writes = False
+            self.client.put_object(**request)
         if self.keeps_put_tags is None:
             self.keeps_put_tags = self.tags(key) == tags
-        if self.keeps_put_tags:
-            return
+        if not self.keeps_put_tags:
+            self._put_manifest_tags(key, tags)
+        return True
+
+    def _put_manifest_tags(self, key: str, tags: dict[str, str]) -> None:
         self.put_tags(key, tags)
         if not self.tags_checked:
             kept = self.tags(key)
@@ -485,7 +525,7 @@ class Listed:
 
 
 def _marker(item: dict[str, Any]) -> Marker:
-    return Marker.parse(item["Key"], _strip(item.get("ETag", "")), str(item.get("LastModified")))
+    return Marker.parse(item["Key"], _strip(item.get("ETag", "")))
 
 
 def _add_to_group(group: Group, item: dict[str, Any]) -> None:
@@ -496,13 +536,33 @@ def _add_to_group(group: Group, item: dict[str, Any]) -> None:
         group.markers.append(_marker(item))
 
 
-def _object_state(hashed: str, entries: Iterable[str]) -> ObjectState:
-    groups: set[str] = set()
-    done: set[tuple[str, str]] = set()
-    for entry in entries:
-        if entry.startswith(GROUP_ENTRY):
-            groups.add(group_from_segment(entry[len(GROUP_ENTRY) :]))
-        elif entry.startswith(DONE_ENTRY):
-            etag, _, tags = entry[len(DONE_ENTRY) :].partition("@")
-            done.add((etag, tags))
-    return ObjectState(hashed, frozenset(groups), frozenset(done))
+@dataclass(frozen=True)
+class Filing:
+    """An announcement: the snapshot may have a record of content ``etag`` in ``group``."""
+
+    group: str
+    etag: str
+    written: datetime
+
+
+@dataclass(frozen=True)
+class Filed:
+    """Every announcement of one snapshot."""
+
+    filings: tuple[Filing, ...] = ()
+
+    @property
+    def groups(self) -> frozenset[str]:
+        return frozenset(filing.group for filing in self.filings)
+
+    def announced(self, group: str, etag: str) -> Filing | None:
+        return next((f for f in self.filings if f.group == group and f.etag == etag), None)
+
+
+def _filing_leaf(group: str, etag: str) -> str:
+    return f"{GROUP_ENTRY}{group_segment(group)}@{_strip(etag)}"
+
+
+def _filing(item: dict[str, Any], prefix: str) -> Filing:
+    segment, _, etag = item["Key"][len(prefix) + len(GROUP_ENTRY) :].partition("@")
+    return Filing(group_from_segment(segment), etag, item["LastModified"])

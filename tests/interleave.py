@@ -120,7 +120,7 @@ def injected_error(operation: str) -> ClientError:
 class Instrument:
     """Hooks on one boto3 client: pauses, one injected failure, and a record of calls."""
 
-    client: Any
+    clients: tuple[Any, ...]
     calls: list[Call] = field(default_factory=list)
     echoes: list[tuple[str, str]] = field(default_factory=list)  # (key, event) not yet delivered
     pauses: list[Pause] = field(default_factory=list)
@@ -130,9 +130,9 @@ class Instrument:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        events = self.client.meta.events
-        events.register("before-parameter-build.s3.*", self._before)
-        events.register("after-call.s3.*", self._after)
+        for client in self.clients:
+            client.meta.events.register("before-parameter-build.s3.*", self._before)
+            client.meta.events.register("after-call.s3.*", self._after)
 
     def pause(self, match: Match, occurrence: int = 1, after: bool = False) -> Pause:
         point = Pause(match, occurrence, after)
@@ -187,10 +187,11 @@ def _keys(params: dict[str, Any]) -> list[str]:
 class Worker:
     """One pipeline (as one Lambda execution environment would have), on its own client."""
 
-    def __init__(self, settings: Settings, client: Any) -> None:
+    def __init__(self, settings: Settings, client: Any, tag_client: Any | None = None) -> None:
         self.settings = settings
-        self.hooks = Instrument(client)
-        self.pipeline = runtime.build_pipeline(settings, client)
+        tag_client = tag_client or runtime.s3_client(settings, retries=runtime.NO_RETRIES)
+        self.hooks = Instrument((client, tag_client))
+        self.pipeline = runtime.build_pipeline(settings, client, tag_client)
 
     def deliver(self, key: str, event: str = "ObjectCreated:Put") -> None:
         self.pipeline.handle([ObjectChange(self.settings.bucket, key, event)])
