@@ -102,7 +102,7 @@ class Facts:
 
     @property
     def etag(self) -> str:
-        return self.info.etag.strip('"') if self.info else ""
+        return self.info.etag if self.info else ""
 
     def recorded_by(self, marker: Marker) -> bool:
         return marker.etag == self.etag and marker.tags == self.tags_hash
@@ -627,7 +627,7 @@ class Pipeline:
             if member is None:
                 self.evaluate(name)
                 return "refreshed"
-            if info is None or info.etag.strip('"') != marker.etag:
+            if info is None or info.etag != marker.etag:
                 self.refresh(member.key)
                 return "refreshed"
         self.evaluate(name, resign=True)

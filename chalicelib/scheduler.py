@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 
 from . import convention
@@ -99,6 +99,7 @@ class Pass:
         self.now = pipeline.clock()
         self.slot = int(self.now.timestamp() // settings.pass_interval)
         self.settings = settings
+        self.interval = timedelta(seconds=settings.pass_interval)
 
     def run(self) -> PassReport:
         started = time.monotonic()
@@ -156,8 +157,9 @@ class Pass:
         for group in groups.values():
             for marker in group.markers:
                 by_hash[marker.key_hash].append(marker)
-        manifests = self._manifest_etags()
+        manifests = self._manifests()
         trusted = {name for name, group in groups.items() if self._fenced(group, manifests)}
+        recent = {name for name in trusted if self._recent(groups[name], manifests)}
         work: list[Step] = []
         present: set[str] = set()
         for listed in self.store.list_objects(self.pipeline.settings.reserved_prefixes):
@@ -176,7 +178,9 @@ class Pass:
                 where, markers
             ):
                 work.append((refresh, "reconciled", listed.key))
-            elif markers[0].group in trusted and in_slice(hashed, self.slot, self.tag_rounds):
+            elif markers[0].group in recent or (
+                markers[0].group in trusted and in_slice(hashed, self.slot, self.tag_rounds)
+            ):
                 check = partial(self._check_tags, listed, markers[0])
                 work.append((check, "checked", listed.key))
         for hashed in (filed.keys() | by_hash.keys()) - present:
@@ -210,10 +214,14 @@ class Pass:
 
     # --- OMIs ------------------------------------------------------------------------
 
-    def _manifest_etags(self) -> dict[str, str]:
-        return {key: etag for key, etag in self.store.list_etags(self.settings.manifest_prefix)}
+    def _manifests(self) -> dict[str, tuple[str, datetime]]:
+        """Every manifest's ETag and when it was written."""
+        return dict(
+            (key, (etag, written))
+            for key, etag, written in self.store.list_etags(self.settings.manifest_prefix)
+        )
 
-    def _fenced(self, group: Group, manifests: dict[str, str]) -> bool:
+    def _fenced(self, group: Group, manifests: dict[str, tuple[str, datetime]]) -> bool:
         """Published as its records say, as far as listings tell: complete, one hint, of
         the current records, naming the manifest listed (by its ETag)."""
         markers = group.markers
@@ -223,7 +231,17 @@ class Pass:
             return False
         (hint,) = group.publications
         listed = manifests.get(self.pipeline.manifest_key(group.name))
-        return hint.digest == membership_digest(markers) and listed == hint.etag
+        return (
+            hint.digest == membership_digest(markers)
+            and listed is not None
+            and (listed[0] == hint.etag)
+        )
+
+    def _recent(self, group: Group, manifests: dict[str, tuple[str, datetime]]) -> bool:
+        """Published since about the last pass: its members' statuses changed then, and
+        are read once (a status write that failed for good is found here)."""
+        listed = manifests.get(self.pipeline.manifest_key(group.name))
+        return listed is not None and listed[1] >= self.now - 2 * self.interval
 
     def _group_work(self) -> list[Step]:
         """Renewals that are due; OMIs to evaluate: every one that is waiting or in error
@@ -231,25 +249,26 @@ class Pass:
         what its records say; manifests that no OMI accounts for."""
         # Manifests are listed before the records: a publication writes its hint first, so
         # a manifest that lands between the listings is seen as accounted for.
-        manifests = self._manifest_etags()
+        manifests = self._manifests()
         groups = self.store.list_groups()
         cutoff = self.now + timedelta(seconds=self.renew_before)
         work: list[Step] = []
         for name, group in groups.items():
-            if not self._fenced(group, manifests):
-                if group.markers or group.publications:
-                    work.append((partial(self._evaluate, name), "evaluated", name))
-            elif group.publications[0].expires <= cutoff:
-                work.append((partial(self._renew_one, name), "renewed", name))
-        owned = {self.pipeline.manifest_key(name): name for name in groups}
-        for key in manifests.keys() - owned.keys():
+            due = any(hint.expires <= cutoff for hint in group.publications)
+            fenced = self._fenced(group, manifests)
+            if due:
+                work.append((partial(self._renew_one, name, fenced), "renewed", name))
+            elif not fenced and (group.markers or group.publications):
+                work.append((partial(self._evaluate, name), "evaluated", name))
+        owned = {self.pipeline.manifest_key(name) for name, g in groups.items() if g.publications}
+        for key in manifests.keys() - owned:
             work.append((partial(self.store.delete_manifest, key), "reconciled", key))
         return work
 
-    def _renew_one(self, name: str) -> str:
+    def _renew_one(self, name: str, fenced: bool) -> str:
         target = self.pipeline.manifest_key(name)
         if (self.store.tags(target) or {}).get(convention.RENEW) == "false":
-            return "not renewed: omi:renew=false"
+            return "not renewed: omi:renew=false" if fenced else self._evaluate(name)
         return self.pipeline.renew(name)
 
     def _evaluate(self, name: str) -> str:

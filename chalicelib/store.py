@@ -248,7 +248,9 @@ class Store:
 
     def head(self, key: str) -> ObjectInfo | None:
         found = self._unless_missing(self.client.head_object, key)
-        return None if found is None else ObjectInfo(key, found["ETag"], found["ContentLength"])
+        if found is None:
+            return None
+        return ObjectInfo(key, _strip(found["ETag"]), found["ContentLength"])
 
     def tags(self, key: str) -> dict[str, str] | None:
         found = self._unless_missing(self.client.get_object_tagging, key)
@@ -307,7 +309,8 @@ class Store:
         raise AssertionError("unreachable")  # the last attempt returns or raises
 
     def reader(self, info: ObjectInfo) -> S3Reader:
-        return S3Reader(self.client, self.bucket, info.key, size=info.size, etag=info.etag)
+        quoted = f'"{_strip(info.etag)}"'  # If-Match takes the ETag as S3 writes it
+        return S3Reader(self.client, self.bucket, info.key, size=info.size, etag=quoted)
 
     # --- state: plumbing ---------------------------------------------------------
 
@@ -433,10 +436,10 @@ class Store:
             else:
                 return
 
-    def list_etags(self, prefix: str) -> Iterator[tuple[str, str]]:
-        """Keys under ``prefix`` with their ETags."""
+    def list_etags(self, prefix: str) -> Iterator[tuple[str, str, datetime]]:
+        """Keys under ``prefix`` with their ETags and when they were written."""
         for item in self._list(prefix):
-            yield item["Key"], _strip(item.get("ETag", ""))
+            yield item["Key"], _strip(item.get("ETag", "")), item["LastModified"]
 
     # --- manifests -------------------------------------------------------------------
 

@@ -3,6 +3,8 @@ sent with PutObject, at one request per manifest where it does."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import boto3
 import pytest
 from moto import mock_aws
@@ -39,6 +41,11 @@ def tags_of(s3, key: str) -> dict[str, str]:
     return {tag["Key"]: tag["Value"] for tag in found}
 
 
+def publish(store: Store, key: str) -> bool:
+    """A first publication (no manifest to replace) of an empty document."""
+    return store.put_manifest(key, b"{}", TAGS, "digest", datetime(2026, 12, 9, tzinfo=UTC), None)
+
+
 def ignore_put_object_tags(s3) -> None:
     """Make moto behave like s3rver: tags sent with PutObject are dropped."""
 
@@ -50,9 +57,9 @@ def ignore_put_object_tags(s3) -> None:
 
 def test_one_request_per_manifest_where_put_object_keeps_tags(s3):
     store = Store(s3, Settings(bucket=BUCKET, region=REGION))
-    first = requests_of(s3, lambda: store.put_manifest("manifests/a.json", b"{}", TAGS))
+    first = requests_of(s3, lambda: publish(store, "manifests/a.json"))
     assert first == ["PutObject", "GetObjectTagging"]  # learning what the store does
-    then = requests_of(s3, lambda: store.put_manifest("manifests/b.json", b"{}", TAGS))
+    then = requests_of(s3, lambda: publish(store, "manifests/b.json"))
     assert then == ["PutObject"]
     assert tags_of(s3, "manifests/a.json") == tags_of(s3, "manifests/b.json") == TAGS
 
@@ -60,9 +67,9 @@ def test_one_request_per_manifest_where_put_object_keeps_tags(s3):
 def test_tags_put_separately_where_put_object_drops_them(s3):
     ignore_put_object_tags(s3)
     store = Store(s3, Settings(bucket=BUCKET, region=REGION))
-    first = requests_of(s3, lambda: store.put_manifest("manifests/a.json", b"{}", TAGS))
+    first = requests_of(s3, lambda: publish(store, "manifests/a.json"))
     assert first == ["PutObject", "GetObjectTagging", "PutObjectTagging", "GetObjectTagging"]
-    then = requests_of(s3, lambda: store.put_manifest("manifests/b.json", b"{}", TAGS))
+    then = requests_of(s3, lambda: publish(store, "manifests/b.json"))
     assert then == ["PutObject", "PutObjectTagging"]
     assert tags_of(s3, "manifests/a.json") == tags_of(s3, "manifests/b.json") == TAGS
 
@@ -76,7 +83,7 @@ def test_a_store_that_keeps_no_tags_is_named(s3):
 
     s3.meta.events.register("before-parameter-build.s3.PutObjectTagging", drop_tagging)
     with pytest.raises(RuntimeError) as refused:
-        store.put_manifest("manifests/a.json", b"{}", TAGS)
+        publish(store, "manifests/a.json")
     assert str(refused.value) == (
         "the store did not keep the URL tags of manifests/a.json (read back: "
         "['kept-by-the-store']) - the manifest's URL cannot be stored; use a store that "
