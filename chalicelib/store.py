@@ -257,6 +257,9 @@ class Store:
         return None if found is None else {tag["Key"]: tag["Value"] for tag in found["TagSet"]}
 
     def put_tags(self, key: str, tags: dict[str, str]) -> None:
+        if not tags:
+            self.tag_client.delete_object_tagging(Bucket=self.bucket, Key=key)
+            return
         self.tag_client.put_object_tagging(
             Bucket=self.bucket,
             Key=key,

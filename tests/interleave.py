@@ -54,6 +54,10 @@ SERVER_WRITES = WRITE_OPERATIONS | {"Multipart", "Post"}
 ECHO_ROUNDS = 5  # rounds of echoes after which the pipeline is feeding itself: a loop
 
 
+class Killed(BaseException):
+    """The platform stopped the invocation (timeout, memory): nothing of ours catches it."""
+
+
 class Stuck(AssertionError):
     """A thread or a pause point did not get where the test expected in time."""
 
@@ -65,6 +69,10 @@ class Call:
 
 
 Match = Callable[[Call], bool]
+
+
+def is_manifest_write(call: Call) -> bool:
+    return call.operation == "PutObject" and (call.key or "").startswith("manifests/")
 
 
 def on(operation: str | None = None, key: str | None = None) -> Match:
@@ -126,6 +134,7 @@ class Instrument:
     pauses: list[Pause] = field(default_factory=list)
     failing: list[Match] = field(default_factory=list)  # calls that fail, every time
     fail_write: int | None = None  # fail the n-th write call (from 1), once
+    kill_at: int | None = None  # the invocation dies before its n-th S3 call (from 1)
     writes: int = 0
 
     def __post_init__(self) -> None:
@@ -145,6 +154,9 @@ class Instrument:
         context["interleave.keys"] = _keys(params)
         with self._lock:
             self.calls.append(call)
+            if self.kill_at is not None and len(self.calls) >= self.kill_at:
+                self.kill_at = None
+                raise Killed(f"killed before {call}")
             failing = False
             if call.operation in WRITE_OPERATIONS:
                 self.writes += 1

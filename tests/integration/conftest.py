@@ -5,6 +5,10 @@ from moto import mock_aws
 from chalicelib.config import Settings
 from tests.harness import BUCKET, REGION, Harness, create_bucket
 
+# The buckets of the interleaving tests (a Scene on moto, and on the embedded server),
+# for every module here.
+from tests.integration.test_interleavings import live, scene, served  # noqa: F401
+
 PUBLIC = "https://oos.eu-west-2.outscale.com"
 
 

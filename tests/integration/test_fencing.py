@@ -1,0 +1,354 @@
+"""Issue 15: what users consume is checked, never assumed, and crashes need no pass.
+
+One test per defect an independent review reproduced (each named after its scenario,
+each failing on the pipeline before the fencing rule), then the crash harness: for
+every scenario below, one invocation is killed before each of its S3 calls in turn,
+its event is delivered again (as Lambda retries an asynchronous invocation), and the
+bucket must read exactly as after a run where nothing died. No scheduled pass runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from botocore.awsrequest import AWSResponse
+
+from chalicelib import overview
+from tests.integration.test_interleavings import Scene, published, waiting
+from tests.interleave import Killed, Worker, is_manifest_write, on, paused_run
+
+MOST_CALLS = 300  # more S3 calls than any one invocation makes: a runaway loop
+
+
+# --- the seven defects ------------------------------------------------------------------
+
+
+def publish_two(bucket: Scene, samples, name: str = "app") -> tuple[str, str]:
+    keys = (f"{name}/sda1.qcow2", f"{name}/sdb.qcow2")
+    setup = bucket.worker()
+    for key in keys:
+        bucket.put(key, samples["qcow2"], {"omi:snapshots": "2"})
+        setup.deliver(key)
+    assert bucket.statuses(*keys) == dict.fromkeys(keys, published(name))
+    return keys
+
+
+@pytest.mark.parametrize("change", ["replaced", "renamed"])
+def test_stale_manifest_of_a_worker_that_dies_after_writing_it_is_replaced(scene, samples, change):
+    """W1 (a retag of sda1) is held before its manifest write while W2 (sdb replaced by a
+    2 GiB disk, or sdb.qcow2 swapped for sdb.raw) publishes; W1 then writes a manifest of
+    the records it read, and dies. Its event, delivered again, leaves the right manifest."""
+    sda, sdb = publish_two(scene, samples)
+    scene.retag(sda, {"omi:snapshots": "2", "omi:description": "retagged"})
+    if change == "replaced":
+        scene.put(sdb, samples["qcow2-2g"], {"omi:snapshots": "2"})
+        events = [(sdb, "ObjectCreated:Put")]
+    else:
+        scene.delete(sdb)
+        scene.put("app/sdb.raw", samples["raw"], {"omi:snapshots": "2"})
+        events = [(sdb, "ObjectRemoved:Delete"), ("app/sdb.raw", "ObjectCreated:Put")]
+    new = [key for key, _ in events]
+    first, second = scene.worker(), scene.worker()
+    first.hooks.failing.append(lambda call: call.operation == "PutObjectTagging")  # then dies
+
+    def meanwhile() -> None:
+        for key, event in events:
+            second.deliver(key, event)
+
+    with contextlib.suppress(RuntimeError):
+        paused_run(
+            lambda: first.deliver(sda, "ObjectTagging:Put"),
+            first.hooks,
+            is_manifest_write,
+            1,
+            meanwhile,
+        )
+    first.hooks.failing.clear()
+    first.deliver(sda, "ObjectTagging:Put")  # the platform's retry
+    first.deliver_echoes(second)
+    image = scene.manifest("app")["Image"]
+    assert image["Description"] == "retagged"
+    files = [(s["Filename"], s["Size"]) for s in image["Snapshots"]]
+    if change == "replaced":
+        assert files == [(sda, 1 << 30), (sdb, 2 << 30)]
+    else:
+        assert files == [(sda, 1 << 30), ("app/sdb.raw", 4 << 20)]
+    members = [sda, new[-1]]
+    assert scene.statuses(*members) == dict.fromkeys(members, published("app"))
+
+
+def test_identical_bytes_uploaded_again_with_an_old_tag_set_get_the_current_status(scene, samples):
+    sda, sdb = "app/sda1.qcow2", "app/sdb.qcow2"
+    worker = scene.worker()
+    scene.put(sda, samples["qcow2"], {"omi:snapshots": "2"})
+    worker.deliver(sda)
+    old_tags = scene.tags(sda)  # a tool reads them while the OMI waits
+    assert old_tags["omi:status"] == waiting(1, 2, "app")
+    scene.put(sdb, samples["qcow2"], {"omi:snapshots": "2"})
+    worker.deliver(sdb)
+    scene.put(sda, samples["qcow2"], old_tags)  # same bytes, the tags read earlier
+    worker.deliver(sda)
+    worker.deliver_echoes()
+    assert scene.statuses(sda, sdb) == dict.fromkeys((sda, sdb), published("app"))
+
+
+def test_object_that_stops_being_a_snapshot_loses_its_status(scene, samples):
+    key = "web/disk.bin"  # a candidate by its omi: tag only
+    worker = scene.worker()
+    scene.put(key, samples["raw"], {"omi:name": "web"})
+    worker.deliver(key)
+    assert scene.status(key) == published("web")
+    tags = {k: v for k, v in scene.tags(key).items() if k != "omi:name"}  # as a console does
+    scene.retag(key, tags)
+    worker.deliver(key, "ObjectTagging:Put")
+    worker.deliver_echoes()
+    assert scene.manifests() == []
+    assert scene.tags(key) == {}
+
+
+class Unavailable:
+    """The body of a 503 answer, as botocore reads it."""
+
+    def stream(self, **_: Any):
+        yield b"<Error><Code>ServiceUnavailable</Code><Message>slow down</Message></Error>"
+
+
+def test_a_failed_tag_write_is_retried_with_the_tags_read_again(live, samples):
+    """The first status write gets a 503; the user adds a tag before the retry. botocore
+    would re-send the set it built first; the pipeline reads and merges again. (On the
+    embedded server: a 503 answered before sending means nothing was written.)"""
+    scene = live
+    key = "web/sda1.qcow2"
+    scene.put(key, samples["qcow2"])
+    worker = scene.worker()
+    worker.pipeline.store.pause = lambda _: None
+    failed = []
+
+    def fail_first(request: Any, **_: Any) -> AWSResponse | None:
+        if failed:
+            return None
+        failed.append(request)
+        scene.retag(key, {**scene.tags(key), "owner": "team-blue"})  # the user, meanwhile
+        return AWSResponse(request.url, 503, {}, Unavailable())
+
+    tag_client = worker.pipeline.store.tag_client
+    tag_client.meta.events.register("before-send.s3.PutObjectTagging", fail_first)
+    worker.deliver(key)
+    assert failed, "no status write was made"
+    assert scene.tags(key) == {"owner": "team-blue", "omi:status": published("web")}
+
+
+def test_upload_then_tag_reads_the_content_once(scene, samples):
+    key = "web/sda1.raw.gz"
+    scene.put(key, samples["raw.gz"])
+    created, tagging = scene.worker(), scene.worker()
+
+    def user_tags_it() -> None:
+        scene.retag(key, {"omi:description": "tagged a moment later"})
+        tagging.deliver(key, "ObjectTagging:Put")
+
+    reached = paused_run(
+        lambda: created.deliver(key), created.hooks, on("GetObject", key), 1, user_tags_it
+    )
+    assert reached
+    created.deliver_echoes(tagging)
+    reads = created.hooks.count(on("GetObject", key)) + tagging.hooks.count(on("GetObject", key))
+    assert tagging.hooks.count(on("GetObject", key)) == 0
+    assert reads == created.hooks.count(on("GetObject", key)) > 0
+    assert scene.manifest("web")["Image"]["Description"] == "tagged a moment later"
+    assert scene.status(key) == published("web")
+
+
+def test_workers_publishing_in_lockstep_write_one_manifest(scene, samples):
+    key = "one/sda1.qcow2"
+    scene.put(key, samples["qcow2"])
+    first, second = scene.worker(), scene.worker()
+    reached = paused_run(
+        lambda: first.deliver(key),
+        first.hooks,
+        is_manifest_write,
+        1,
+        lambda: second.deliver(key, "ObjectTagging:Put"),
+    )
+    assert reached
+    written = [
+        echo
+        for worker in (first, second)
+        for echo in worker.hooks.take_echoes()
+        if echo[0].startswith("manifests/")
+    ]
+    assert written == [("manifests/one.json", "ObjectCreated:Put")]
+    assert scene.status(key) == published("one")
+
+
+def test_status_does_not_say_published_once_the_manifest_is_deleted_by_hand(scene, samples):
+    key = "gzq/sda1.qcow2"
+    worker = scene.worker()
+    scene.put(key, samples["qcow2"])
+    worker.deliver(key)
+    (before,) = overview.omi_statuses(worker.pipeline, "gzq")
+    assert before.state == "published"
+    scene.delete("manifests/gzq.json")
+    (after,) = overview.omi_statuses(worker.pipeline, "gzq")
+    assert after.state == "pending" and after.manifest is None
+
+
+# --- the crash harness -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """The user's steps before, one invocation (the one that is killed), then what the
+    user does after. Each step is run on a bucket by a healthy worker, one at a time."""
+
+    before: Callable[[Scene, dict, Worker], None]
+    victim: tuple[str, str]  # key, event
+    after: Callable[[Scene, dict, Worker], None] = lambda *_: None
+
+
+def drop(*keys: str, source: str = "qcow2", **tags: str):
+    def step(bucket: Scene, samples: dict, worker: Worker) -> None:
+        for key in keys:
+            bucket.put(key, samples[source], {k.replace("_", ":", 1): v for k, v in tags.items()})
+            worker.deliver(key)
+
+    return step
+
+
+def steps(*parts):
+    def step(bucket: Scene, samples: dict, worker: Worker) -> None:
+        for part in parts:
+            part(bucket, samples, worker)
+
+    return step
+
+
+def user(action: Callable[[Scene, dict], None]):
+    return lambda bucket, samples, _worker: action(bucket, samples)
+
+
+TWO = {"omi_snapshots": "2"}
+SCENARIOS = {
+    "first-drop": Scenario(
+        user(lambda b, s: b.put("web/sda1.qcow2", s["qcow2"])),
+        ("web/sda1.qcow2", "ObjectCreated:Put"),
+    ),
+    "completes-two-disks": Scenario(
+        steps(
+            drop("app/sda1.qcow2", **TWO),
+            user(lambda b, s: b.put("app/sdb.qcow2", s["qcow2-2g"], {"omi:snapshots": "2"})),
+        ),
+        ("app/sdb.qcow2", "ObjectCreated:Put"),
+    ),
+    "retag-to-another-omi": Scenario(
+        steps(
+            drop("app/sda1.qcow2", "app/sdb.qcow2", **TWO),
+            user(lambda b, s: b.retag("app/sdb.qcow2", {"omi:name": "other"})),
+        ),
+        ("app/sdb.qcow2", "ObjectTagging:Put"),
+    ),
+    "deletion-withdraws": Scenario(
+        steps(
+            drop("app/sda1.qcow2", "app/sdb.qcow2", **TWO),
+            user(lambda b, s: b.delete("app/sdb.qcow2")),
+        ),
+        ("app/sdb.qcow2", "ObjectRemoved:Delete"),
+    ),
+    "replacement-republishes": Scenario(
+        steps(drop("app/sda1.qcow2"), user(lambda b, s: b.put("app/sda1.qcow2", s["qcow2-2g"]))),
+        ("app/sda1.qcow2", "ObjectCreated:Put"),
+    ),
+    "bad-file-fixed": Scenario(
+        steps(
+            drop("app/sda1.raw", source="vmdk", **TWO),
+            drop("app/sdb.qcow2", **TWO),
+            user(lambda b, s: b.put("app/sda1.raw", s["raw"], {"omi:snapshots": "2"})),
+        ),
+        ("app/sda1.raw", "ObjectCreated:Put"),
+    ),
+    "tag-only-candidate-leaves": Scenario(
+        steps(
+            drop("web/disk.bin", source="raw", omi_name="web"),
+            user(lambda b, s: b.retag("web/disk.bin", {"owner": "team-blue"})),
+        ),
+        ("web/disk.bin", "ObjectTagging:Put"),
+    ),
+    "old-tag-set-written-back": Scenario(
+        steps(
+            drop("app/sda1.qcow2", "app/sdb.qcow2", **TWO),
+            user(
+                lambda b, s: b.retag(
+                    "app/sda1.qcow2", {"omi:snapshots": "2", "omi:status": waiting(1, 2, "app")}
+                )
+            ),
+        ),
+        ("app/sda1.qcow2", "ObjectTagging:Put"),
+    ),
+    "tagged-while-waiting": Scenario(
+        steps(
+            drop("app/sda1.qcow2", **TWO),
+            user(lambda b, s: b.retag("app/sda1.qcow2", {"omi:snapshots": "1"})),
+        ),
+        ("app/sda1.qcow2", "ObjectTagging:Put"),
+    ),
+}
+
+
+def observed(bucket: Scene) -> dict[str, Any]:
+    """What a user reads, and the records that decide it (announcements aside: they only
+    say where a record may be, and the pass prunes old ones)."""
+    found: dict[str, Any] = {}
+    listed = bucket.s3.list_objects_v2(Bucket=bucket.bucket).get("Contents", [])
+    for item in listed:
+        key = item["Key"]
+        if key.startswith(".omi-state/objects/"):
+            continue
+        if key.startswith(".omi-state/groups/"):
+            found[key.rsplit("@", 2)[0] if "/~published@" in key else key] = "record"
+        elif key.startswith("manifests/"):
+            document = json.loads(
+                bucket.s3.get_object(Bucket=bucket.bucket, Key=key)["Body"].read()
+            )
+            for snapshot in document["Image"]["Snapshots"]:
+                snapshot.pop("PreSignedUrl")
+            found[key] = (document, sorted(bucket.tags(key)))
+        else:
+            found[key] = bucket.tags(key)
+    return found
+
+
+def run_scenario(bucket: Scene, samples: dict, scenario: Scenario, kill_at: int | None) -> int:
+    """The scenario with the victim killed before its ``kill_at``-th S3 call and its event
+    delivered again; how many calls the victim made."""
+    setup = bucket.worker()
+    scenario.before(bucket, samples, setup)
+    setup.deliver_echoes()
+    victim = bucket.worker()
+    victim.hooks.kill_at = kill_at
+    key, event = scenario.victim
+    with contextlib.suppress(Killed):
+        victim.deliver(key, event)
+    made = len(victim.hooks.calls)
+    retry = bucket.worker()
+    retry.deliver(key, event)  # the platform delivers the event again
+    retry.deliver_echoes(victim)
+    scenario.after(bucket, samples, retry)
+    return made
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_a_crash_before_any_call_ends_as_if_nothing_died(scene, samples, name):
+    scenario = SCENARIOS[name]
+    reference = scene.fresh()
+    calls = run_scenario(reference, samples, scenario, None)
+    expected = observed(reference)
+    assert calls > 1
+    for kill_at in range(1, min(calls, MOST_CALLS) + 1):
+        bucket = scene.fresh()
+        run_scenario(bucket, samples, scenario, kill_at)
+        assert observed(bucket) == expected, f"{name}: killed before S3 call {kill_at}"
