@@ -46,7 +46,10 @@ LONG_TERM_KEYS_NEEDED = "signing needs long-term keys - configure the signing se
 SAFE_MANIFEST_NAME = re.compile(r"[A-Za-z0-9_./\-]+")
 SIZING_MARGIN = 30.0  # seconds to record the result after sizing a raw.gz
 ROUNDS = 5  # re-reads before giving up on a world that keeps moving (another worker finishes)
-ANNOUNCEMENT_GRACE = timedelta(hours=1)  # longer than any invocation runs (Lambda: 15 min)
+ANNOUNCEMENT_GRACE = timedelta(hours=1)
+# A publication takes a second or two; a dead publisher's event comes back after a minute
+# (Lambda's first retry) or more (an SQS visibility timeout).
+PUBLISHING_WINDOW = timedelta(seconds=30)  # longer than any invocation runs (Lambda: 15 min)
 KNOWN_RECORDS = 20_000  # member records kept in memory: a record never changes under its key
 CHANGED = ("412", "PreconditionFailed", "404", "NoSuchKey")
 
@@ -114,7 +117,8 @@ class Decision:
     what to do with its manifest."""
 
     statuses: dict[str, str]
-    action: str  # "keep" (nothing to do), "publish", "withdraw", or "tidy" (hints only)
+    action: str  # "keep" (nothing to do), "publish", "withdraw", "tidy" (hints only), or
+    # "defer" (another invocation is publishing these records)
     image: ImageSpec | None = None
     head: ManifestHead | None = None  # the manifest as it is, when it was read
     digest: str = ""
@@ -481,11 +485,29 @@ class Pipeline:
         published = convention.status_published(target)
         statuses = {s.key: published for s in plan.image.snapshots}
         head = self._fence_head(group)
+        if (
+            not resign
+            and (head is None or head.digest != digest)
+            and self._publishing(group, digest)
+        ):
+            return Decision({}, "defer", digest=digest)
         if resign or head is None or head.digest != digest:
             return Decision(statuses, "publish", plan.image, head, digest)
         hints = [p for p in group.publications if p.digest == digest]
         tidy = len(group.publications) != 1 or len(hints) != 1
         return Decision(statuses, "tidy" if tidy else "keep", plan.image, head, digest)
+
+    def _publishing(self, group: Group, digest: str) -> bool:
+        """Another invocation is publishing these very records right now (its hint is
+        written, its manifest not yet): it writes every member's status too, so this one
+        leaves it the work; if it dies, its event comes again later than this window."""
+        now = self.clock()
+        return any(
+            hint.digest == digest
+            and hint.written is not None
+            and abs(now - hint.written) <= PUBLISHING_WINDOW
+            for hint in group.publications
+        )
 
     def _fence_head(self, group: Group) -> ManifestHead | None:
         """The manifest as it is, read only where a hint says one may exist."""

@@ -119,14 +119,15 @@ class Publication:
     digest: str
     expires: datetime
     etag: str = ""  # the manifest's ETag, as a listing of manifests shows it
+    written: datetime | None = None  # when the hint was written (the listing says)
 
     @classmethod
-    def parse(cls, state_key: str) -> Publication:
+    def parse(cls, state_key: str, written: datetime | None = None) -> Publication:
         parents, leaf = state_key.rsplit("/", 1)
         _, digest, expires, *etag = leaf.split("@")
         moment = datetime.strptime(expires, EXPIRES_FORMAT).replace(tzinfo=UTC)
         group = group_from_segment(parents.rsplit("/", 1)[1])
-        return cls(state_key, group, digest, moment, "".join(etag))
+        return cls(state_key, group, digest, moment, "".join(etag), written)
 
 
 @dataclass(frozen=True)
@@ -537,7 +538,7 @@ def _marker(item: dict[str, Any]) -> Marker:
 def _add_to_group(group: Group, item: dict[str, Any]) -> None:
     leaf = item["Key"].rsplit("/", 1)[1]
     if leaf.startswith(PUBLISHED + "@"):
-        group.publications.append(Publication.parse(item["Key"]))
+        group.publications.append(Publication.parse(item["Key"], item.get("LastModified")))
     else:
         group.markers.append(_marker(item))
 
