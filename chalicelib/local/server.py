@@ -18,6 +18,7 @@ import logging
 import re
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -128,6 +129,7 @@ class RequestCounter:
         self.app = app
         self.counts: Counter[tuple[str, str, str]] = Counter()
         self.writes: Counter[tuple[str, str, int]] = Counter()
+        self.seconds: Counter[str] = Counter()  # time spent serving, by caller
         self._lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
@@ -136,16 +138,20 @@ class RequestCounter:
         operation = s3_operation(method, query) if service == "s3" else "call"
         with self._lock:
             self.counts[(caller, service, operation)] += 1
-        if service != "s3" or method not in WRITES:
-            return self.app(environ, start_response)
         path = environ.get("PATH_INFO", "")
 
         def counting_start_response(status: str, *args: Any) -> Any:
-            with self._lock:
-                self.writes[(operation, path, int(status.split()[0]))] += 1
+            if service == "s3" and method in WRITES:
+                with self._lock:
+                    self.writes[(operation, path, int(status.split()[0]))] += 1
             return start_response(status, *args)
 
-        return self.app(environ, counting_start_response)
+        started = time.perf_counter()
+        try:
+            return self.app(environ, counting_start_response)
+        finally:
+            with self._lock:
+                self.seconds[caller] += time.perf_counter() - started
 
     def written(self, operation: str, path_prefix: str, succeeded: bool = True) -> int:
         """How many ``operation`` requests under ``path_prefix`` (``/bucket/prefix``)
@@ -173,6 +179,24 @@ class RequestCounter:
         with self._lock:
             self.counts.clear()
             self.writes.clear()
+            self.seconds.clear()
+
+
+def service_dispatcher() -> WSGIApp:
+    """moto's application for every service, each request sent to the service it is
+    signed for. moto's own dispatcher works that out under one global lock, listing its
+    modules on disk, per request: the server's requests would queue behind each other."""
+    from moto.server import DomainDispatcherApplication, create_backend_app
+
+    class SignedServiceDispatcher(DomainDispatcherApplication):
+        def get_application(self, environ: dict[str, Any]) -> Any:
+            service = caller_and_service(environ)[1]
+            app = self.app_instances.get(service) if service in ("s3", "sqs") else None
+            if app is None:  # the first request of the service, or another one
+                app = super().get_application(environ)
+            return app
+
+    return SignedServiceDispatcher(create_backend_app)
 
 
 class PortInUse(Exception):
@@ -199,7 +223,6 @@ class EmbeddedServer:
 
     def __init__(self, port: int = 0) -> None:
         from moto.moto_server.threaded_moto_server import MotoRequestHandler
-        from moto.server import DomainDispatcherApplication, create_backend_app
         from werkzeug.serving import make_server
 
         from . import listing  # moto's, so imported only when a server is made
@@ -208,7 +231,7 @@ class EmbeddedServer:
         listing.install()
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
         self.events = Events()
-        moto = DomainDispatcherApplication(create_backend_app)
+        moto = service_dispatcher()
         self.requests = RequestCounter(OneWriterPerKey(EventsAfterTheRequest(moto, self.events)))
         with _listening_socket(port) as sock:  # werkzeug would exit on a port in use
             self._server = make_server(
