@@ -56,6 +56,7 @@ def scenario(server: EmbeddedServer, bucket: str, omis: int, workers: int, mine:
 
 def listing_cost(server: EmbeddedServer, indexed: bool) -> list[float]:
     """Milliseconds per ListObjectsV2 of a 3-key prefix, in buckets of ``LISTED_SIZES`` keys."""
+    from moto.core import DEFAULT_ACCOUNT_ID
     from moto.s3.models import s3_backends
     from moto.s3.utils import _VersionedKeyStore
 
@@ -66,10 +67,8 @@ def listing_cost(server: EmbeddedServer, indexed: bool) -> list[float]:
     for size in LISTED_SIZES:
         bucket = f"listing-{'indexed' if indexed else 'moto'}-{size}"
         s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
-        if not indexed:
-            for account in s3_backends.values():
-                if bucket in account["global"].buckets:
-                    account["global"].buckets[bucket].keys = _VersionedKeyStore()
+        if not indexed:  # moto's own store, before any key is in it
+            s3_backends[DEFAULT_ACCOUNT_ID]["aws"].buckets[bucket].keys = _VersionedKeyStore()
         for number in range(size):
             s3.put_object(Bucket=bucket, Key=f".omi-state/objects/{number:05d}/x", Body=b"")
         started, rounds = time.perf_counter(), 50

@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote_plus
 
 OBJECT_EVENT_FAMILIES = ("s3:ObjectCreated:", "s3:ObjectRemoved:", "s3:ObjectTagging:")
 TAGGING_OPERATIONS = ("PutObjectTagging", "DeleteTagging")  # the only sources of tag events
@@ -180,7 +181,9 @@ def _record(event_name: str, bucket, key, configuration_id: str, principal: str)
     from moto.s3.notifications import _get_s3_event
 
     event = _get_s3_event(event_name, bucket, key, configuration_id)
-    event["Records"][0]["userIdentity"] = {"principalId": principal}
+    record = event["Records"][0]
+    record["userIdentity"] = {"principalId": principal}
+    record["s3"]["object"]["key"] = quote_plus(key.name, safe="/")  # moto encodes "/" too
     return event
 
 
