@@ -74,12 +74,10 @@ class EventQueue:
         self._later: list[tuple[float, int, dict[str, Any], int]] = []
         self._order = itertools.count()
         self._changed = threading.Condition()
-        self.sent = 0
 
     def put(self, event: dict[str, Any]) -> None:
         with self._changed:
             self._ready.append((event, 1))
-            self.sent += 1
             self._changed.notify()
 
     def retry_later(self, event: dict[str, Any], attempt: int, seconds: float) -> None:
@@ -128,7 +126,6 @@ class Events:
     def __init__(self) -> None:
         self._skipped: dict[str, tuple[str, ...]] = {}
         self._queues: dict[str, EventQueue] = {}
-        self.dropped = 0
 
     def skip_under(self, bucket: str, prefixes: Iterable[str]) -> None:
         self._skipped[bucket] = tuple(prefixes)
@@ -147,7 +144,9 @@ class Events:
         for send in request.sends:
             send()
 
-    def record(self, request: Request, account_id: str, event_name: str, bucket, key) -> None:
+    def record(
+        self, request: Request, account_id: str, event_name: str, bucket: Any, key: Any
+    ) -> None:
         """Called by moto, in the request's thread, for each event it would send now."""
         if not event_name.startswith(OBJECT_EVENT_FAMILIES):
             return
@@ -156,7 +155,6 @@ class Events:
         ):
             return
         if key.name.startswith(self._skipped.get(bucket.name, ())):
-            self.dropped += 1
             return
         principal = own_principal(request.caller)
         queue = self._queues.get(bucket.name)
@@ -164,20 +162,16 @@ class Events:
             body = _record(event_name, bucket, key, "embedded", principal)
             request.sends.append(lambda: queue.put(body))
             return
-        for target in (bucket.notification_configuration or _NONE).queue:
+        configuration = bucket.notification_configuration
+        for target in configuration.queue if configuration else ():
             if target.matches(event_name, key.name):
                 body = _record(event_name, bucket, key, target.id, principal)
                 request.sends.append(_to_sqs(account_id, target.arn, body))
 
 
-class _NoNotifications:
-    queue: tuple = ()
-
-
-_NONE = _NoNotifications()
-
-
-def _record(event_name: str, bucket, key, configuration_id: str, principal: str) -> dict:
+def _record(
+    event_name: str, bucket: Any, key: Any, configuration_id: str, principal: str
+) -> dict[str, Any]:
     from moto.s3.notifications import _get_s3_event
 
     event = _get_s3_event(event_name, bucket, key, configuration_id)
