@@ -11,8 +11,8 @@ from .. import manifest, runtime, signing
 from ..observability import logger
 from ..overview import format_table, omi_statuses
 from ..pipeline import manifest_key
-from .delivery import NotificationPump, chalice_handler
-from .runner import PROJECT_DIR, LocalRun, RunOptions, sqs_client
+from .delivery import chalice_handler
+from .runner import PROJECT_DIR, LocalRun, RunOptions, embedded_pump
 from .samples import gzipped, qcow2_image, raw_image
 
 GIB = 1 << 30
@@ -43,8 +43,7 @@ def run_demo(say: Callable[[str], None] = print) -> int:
     settings = local.start()
     try:
         store = runtime.pipeline().store
-        pump = NotificationPump(store.client, sqs_client(settings), settings.bucket)
-        pump.connect()
+        pump = embedded_pump(local.server, settings)
         handler = chalice_handler(PROJECT_DIR)
         say(f"embedded S3 at {settings.endpoint_url}, bucket {settings.bucket}")
         for key, body, tags, _ in DROPS:

@@ -4,6 +4,7 @@ and by ``make bench``."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import threading
@@ -11,9 +12,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote_plus
 
 from .. import manifest
-from .delivery import Handler, NotificationPump
+from .delivery import Handler, Pump
 from .samples import qcow2_image
 
 GIB = 1 << 30
@@ -25,10 +27,18 @@ class LoadResult:
     snapshots: int
     seconds: float
     problems: list[str]
+    handled_at: list[float]  # seconds from the start at which each snapshot was first handled
 
     @property
     def snapshots_per_second(self) -> float:
         return self.snapshots / self.seconds
+
+    def quarter_rates(self) -> list[float]:
+        """Snapshots handled per second in each quarter of the snapshots, in the order they
+        were handled: flat when a filling bucket does not slow the pipeline down."""
+        marks = [0.0] + [self.handled_at[len(self.handled_at) * q // 4 - 1] for q in (1, 2, 3, 4)]
+        count = len(self.handled_at) / 4
+        return [count / max(end - start, 1e-9) for start, end in itertools.pairwise(marks)]
 
 
 def plan(omis: int, seed: int = 7) -> dict[str, list[tuple[str, int]]]:
@@ -46,11 +56,11 @@ def plan(omis: int, seed: int = 7) -> dict[str, list[tuple[str, int]]]:
 
 def run_load(
     s3: Any,
-    pump: NotificationPump,
+    pump: Pump,
     handler: Handler,
     bucket: str,
     omis: int,
-    uploaders: int = 4,
+    uploaders: int = 8,
     workers: int = 4,
 ) -> LoadResult:
     """Upload concurrently while the pipeline runs; the last two snapshots of every
@@ -84,13 +94,27 @@ def run_load(
             list(pool.map(upload_omi, layout.values()))
         uploads_done.set()
 
+    snapshots = {key for members in layout.values() for key, _ in members}
+    handled_at: list[float] = []
+    lock = threading.Lock()
+
+    def handle_and_time(event: dict[str, Any]) -> None:
+        handler(event)
+        for record in event["Records"]:
+            key = unquote_plus(record["s3"]["object"]["key"])
+            if record["eventName"].startswith("ObjectCreated") and key in snapshots:
+                with lock:
+                    snapshots.discard(key)
+                    handled_at.append(time.perf_counter() - started)
+
     started = time.perf_counter()
     uploader = threading.Thread(target=upload_all)
     uploader.start()
-    pump.pump_concurrently(handler, workers, uploads_done.is_set)
+    pump.pump_concurrently(handle_and_time, workers, uploads_done.is_set)
     uploader.join()
     seconds = time.perf_counter() - started
-    return LoadResult(omis, sum(map(len, layout.values())), seconds, check(s3, bucket, layout))
+    count = sum(map(len, layout.values()))
+    return LoadResult(omis, count, seconds, check(s3, bucket, layout), sorted(handled_at))
 
 
 def check(s3: Any, bucket: str, layout: dict[str, list[tuple[str, int]]]) -> list[str]:

@@ -21,7 +21,7 @@ from .. import config, runtime, scheduler, signing
 from ..cli import CommandError
 from ..observability import quiet_metrics
 from ..overview import omi_statuses
-from .delivery import Handler, NotificationPump, chalice_handler
+from .delivery import EmbeddedPump, Handler, NotificationPump, Pump, chalice_handler
 from .server import EmbeddedServer
 
 PROJECT_DIR = str(Path(__file__).resolve().parents[2])
@@ -134,8 +134,10 @@ class LocalRun:
             self.one_pass()
             self.stopping.wait(interval)
 
-    def _connect(self, settings: config.Settings) -> tuple[NotificationPump, Handler]:
+    def _connect(self, settings: config.Settings) -> tuple[Pump, Handler]:
         """Point the bucket's notifications at a queue this run drains."""
+        if self.server is not None:
+            return embedded_pump(self.server, settings), chalice_handler(PROJECT_DIR)
         pipeline = runtime.pipeline()
         pump = NotificationPump(pipeline.store.client, sqs_client(settings), settings.bucket)
         try:
@@ -150,7 +152,7 @@ class LocalRun:
             ) from None
         return pump, chalice_handler(PROJECT_DIR)
 
-    def _deliver_forever(self, pump: NotificationPump, handler: Handler) -> None:
+    def _deliver_forever(self, pump: Pump, handler: Handler) -> None:
         """Events to the handler, ``workers`` at a time, while the pass keeps its schedule
         (as in Lambda, a pass and events run at the same time)."""
         self.one_pass()  # what was there before we started
@@ -201,6 +203,13 @@ class LocalRun:
                 ]
             ),
         )
+
+
+def embedded_pump(server: EmbeddedServer, settings: config.Settings) -> EmbeddedPump:
+    """The embedded bucket's events, in this process; those of the pipeline's own
+    records and manifests are dropped at the server."""
+    server.skip_events_under(settings.bucket, settings.reserved_prefixes)
+    return EmbeddedPump(server.deliver_in_process(settings.bucket))
 
 
 def sqs_client(settings: config.Settings) -> object:

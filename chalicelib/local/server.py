@@ -2,13 +2,13 @@
 
 It keeps everything in memory: what is dropped into it is gone when it stops.
 It counts the requests it serves, by service, caller and operation (and S3 writes
-by key), which is how the benchmarks and tests measure what the pipeline costs.
+by key and status), which is how the benchmarks and tests measure what the pipeline
+costs.
 
-One difference from S3 is corrected here: moto queues an object's "created"
-notification before it stores the tags sent with the object, so a fast consumer
-could read the object untagged, which S3 never shows. The server holds back the
-answer to a queue request until the S3 writes in progress when it was answered
-have finished.
+Where moto differs from S3 in what a pipeline can see, it is corrected here: events
+are sent as S3 sends them, after the write (``events``); writes to one key are
+atomic, so conditional writes are (``OneWriterPerKey``); and a listing costs its
+page, not the bucket (``listing``).
 """
 
 from __future__ import annotations
@@ -18,11 +18,14 @@ import logging
 import re
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..cli import CommandError
+from . import events as s3_events
+from .events import EventQueue, Events
 
 CREDENTIAL = re.compile(r"Credential=([^/]+)/\d{8}/[^/]+/([^/]+)/aws4_request")
 
@@ -53,44 +56,81 @@ def caller_and_service(environ: dict[str, Any]) -> tuple[str, str]:
     return found.groups() if found else ("anonymous", "unknown")
 
 
-class EventsAfterWrites:
-    """WSGI middleware: a queue answer waits for the S3 writes in progress to finish,
-    so a notification is never read before its object's tags are stored."""
+class EventsAfterTheRequest:
+    """WSGI middleware: the events an S3 request causes are shaped as S3 sends them and
+    sent once moto has finished it (see ``events``), so a notification is never read
+    before its object's tags are stored."""
+
+    def __init__(self, app: WSGIApp, events: Events) -> None:
+        self.app = app
+        self.events = events
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        caller, service = caller_and_service(environ)
+        if service != "s3":
+            return self.app(environ, start_response)
+        operation = s3_operation(environ["REQUEST_METHOD"], environ.get("QUERY_STRING", ""))
+        request = self.events.begin(caller, operation)
+        try:
+            return self.app(environ, start_response)  # moto's work is done on return
+        finally:
+            self.events.finish(request)
+
+
+class OneWriterPerKey:
+    """WSGI middleware: S3 writes to one key run one at a time.
+
+    moto checks ``If-Match`` / ``If-None-Match`` and then writes, without a lock;
+    under the threaded server two conditional PUTs could both succeed. Every write to
+    the key waits its turn (an unconditional one too, or it could land between a
+    conditional write's check and its write). Parts of a multipart upload do not.
+    """
 
     def __init__(self, app: WSGIApp) -> None:
         self.app = app
-        self._changed = threading.Condition()
-        self._writing: set[int] = set()
-        self._next = 0
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        service = caller_and_service(environ)[1]
-        if service == "s3" and environ["REQUEST_METHOD"] in WRITES:
-            with self._changed:
-                token, self._next = self._next, self._next + 1
-                self._writing.add(token)
-            try:
-                return self.app(environ, start_response)  # moto's work is done on return
-            finally:
-                with self._changed:
-                    self._writing.discard(token)
-                    self._changed.notify_all()
-        answer = self.app(environ, start_response)
-        if service == "sqs":
-            with self._changed:
-                pending = set(self._writing)
-                self._changed.wait_for(lambda: not pending & self._writing)
-        return answer
+        path = environ.get("PATH_INFO", "")
+        if (
+            environ["REQUEST_METHOD"] not in WRITES
+            or path.strip("/").count("/") < 1  # a bucket, not a key
+            or "partNumber=" in environ.get("QUERY_STRING", "")
+            or caller_and_service(environ)[1] != "s3"
+        ):
+            return self.app(environ, start_response)
+        lock = self._take(path)
+        try:
+            with lock:
+                return self.app(environ, start_response)
+        finally:
+            self._release(path)
+
+    def _take(self, path: str) -> threading.Lock:
+        with self._guard:
+            lock, users = self._locks.get(path, (threading.Lock(), 0))
+            self._locks[path] = (lock, users + 1)
+            return lock
+
+    def _release(self, path: str) -> None:
+        with self._guard:
+            lock, users = self._locks[path]
+            if users == 1:
+                del self._locks[path]
+            else:
+                self._locks[path] = (lock, users - 1)
 
 
 class RequestCounter:
     """WSGI middleware counting (access key, service, operation) of every request,
-    and (operation, path) of every S3 write."""
+    and (operation, path, status) of every S3 write."""
 
     def __init__(self, app: WSGIApp) -> None:
         self.app = app
         self.counts: Counter[tuple[str, str, str]] = Counter()
-        self.writes: Counter[tuple[str, str]] = Counter()
+        self.writes: Counter[tuple[str, str, int]] = Counter()
+        self.seconds: Counter[str] = Counter()  # time spent serving, by caller
         self._lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
@@ -99,17 +139,31 @@ class RequestCounter:
         operation = s3_operation(method, query) if service == "s3" else "call"
         with self._lock:
             self.counts[(caller, service, operation)] += 1
-            if service == "s3" and method in WRITES:
-                self.writes[(operation, environ.get("PATH_INFO", ""))] += 1
-        return self.app(environ, start_response)
+        path = environ.get("PATH_INFO", "")
 
-    def written(self, operation: str, path_prefix: str) -> int:
-        """How many ``operation`` requests wrote under ``path_prefix`` (``/bucket/prefix``)."""
+        def counting_start_response(status: str, *args: Any) -> Any:
+            if service == "s3" and method in WRITES:
+                with self._lock:
+                    self.writes[(operation, path, int(status.split()[0]))] += 1
+            return start_response(status, *args)
+
+        started = time.perf_counter()
+        try:
+            return self.app(environ, counting_start_response)
+        finally:
+            with self._lock:
+                self.seconds[caller] += time.perf_counter() - started
+
+    def written(self, operation: str, path_prefix: str, succeeded: bool = True) -> int:
+        """How many ``operation`` requests under ``path_prefix`` (``/bucket/prefix``)
+        succeeded (2xx), or with ``succeeded=False`` failed."""
         with self._lock:
             return sum(
                 n
-                for (op, path), n in self.writes.items()
-                if op == operation and path.startswith(path_prefix)
+                for (op, path, status), n in self.writes.items()
+                if op == operation
+                and path.startswith(path_prefix)
+                and (200 <= status < 300) == succeeded
             )
 
     def total(self, caller: str, service: str = "s3") -> int:
@@ -126,6 +180,24 @@ class RequestCounter:
         with self._lock:
             self.counts.clear()
             self.writes.clear()
+            self.seconds.clear()
+
+
+def service_dispatcher() -> WSGIApp:
+    """moto's application for every service, each request sent to the service it is
+    signed for. moto's own dispatcher works that out under one global lock, listing its
+    modules on disk, per request: the server's requests would queue behind each other."""
+    from moto.server import DomainDispatcherApplication, create_backend_app
+
+    class SignedServiceDispatcher(DomainDispatcherApplication):
+        def get_application(self, environ: dict[str, Any]) -> Any:
+            service = caller_and_service(environ)[1]
+            app = self.app_instances.get(service) if service in ("s3", "sqs") else None
+            if app is None:  # the first request of the service, or another one
+                app = super().get_application(environ)
+            return app
+
+    return SignedServiceDispatcher(create_backend_app)
 
 
 class PortInUse(Exception):
@@ -161,15 +233,18 @@ class EmbeddedServer:
     def __init__(self, port: int = 0) -> None:
         try:
             from moto.moto_server.threaded_moto_server import MotoRequestHandler
-            from moto.server import DomainDispatcherApplication, create_backend_app
             from werkzeug.serving import make_server
+
+            from . import listing  # moto's, so imported only when a server is made
         except ModuleNotFoundError:  # `make install`: a host that only reaches real stores
             raise NoEmbeddedServer() from None
 
+        s3_events.install()
+        listing.install()
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-        self.requests = RequestCounter(
-            EventsAfterWrites(DomainDispatcherApplication(create_backend_app))
-        )
+        self.events = Events()
+        moto = service_dispatcher()
+        self.requests = RequestCounter(OneWriterPerKey(EventsAfterTheRequest(moto, self.events)))
         with _listening_socket(port) as sock:  # werkzeug would exit on a port in use
             self._server = make_server(
                 "127.0.0.1",
@@ -190,3 +265,13 @@ class EmbeddedServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def skip_events_under(self, bucket: str, prefixes: Iterable[str]) -> None:
+        """Drop (never queue) the events of keys under ``prefixes`` in ``bucket``: the
+        pipeline's own records and manifests, whose events it would only ignore."""
+        self.events.skip_under(bucket, prefixes)
+
+    def deliver_in_process(self, bucket: str) -> EventQueue:
+        """Send ``bucket``'s object events to a queue in this process (for
+        ``delivery.EmbeddedPump``) instead of its notification configuration."""
+        return self.events.deliver_in_process(bucket)
