@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -46,12 +48,14 @@ LONG_TERM_KEYS_NEEDED = "signing needs long-term keys - configure the signing se
 SAFE_MANIFEST_NAME = re.compile(r"[A-Za-z0-9_./\-]+")
 SIZING_MARGIN = 30.0  # seconds to record the result after sizing a raw.gz
 ROUNDS = 5  # re-reads before giving up on a world that keeps moving (another worker finishes)
-ANNOUNCEMENT_GRACE = timedelta(hours=1)
+ANNOUNCEMENT_GRACE = timedelta(hours=1)  # longer than any invocation runs (Lambda: 15 min)
 # A publication takes a second or two; a dead publisher's event comes back after a minute
 # (Lambda's first retry) or more (an SQS visibility timeout).
-PUBLISHING_WINDOW = timedelta(seconds=30)  # longer than any invocation runs (Lambda: 15 min)
+PUBLISHING_WINDOW = timedelta(seconds=30)
+PUBLISHING_PAUSE = 0.5  # seconds an evaluation waits for a publication under way
 KNOWN_RECORDS = 20_000  # member records kept in memory: a record never changes under its key
 CHANGED = ("412", "PreconditionFailed", "404", "NoSuchKey")
+CACHE_LOCK = threading.Lock()  # a local run's workers share one pipeline
 
 Clock = Callable[[], datetime]
 KeysProvider = Callable[[], signing.SigningKeys]
@@ -132,6 +136,7 @@ class Pipeline:
     clock: Clock = utc_now
     time_left: Callable[[], float] = _forever  # seconds this invocation has left
     own_principal: str = ""  # who the pipeline is in S3 events (userIdentity.principalId)
+    pause: Callable[[float], None] = time.sleep
     known: OrderedDict[tuple[str, str], Member] = field(default_factory=OrderedDict)
     written: OrderedDict[str, str] = field(default_factory=OrderedDict)  # key: tags digest
 
@@ -388,9 +393,10 @@ class Pipeline:
         return found
 
     def _remember(self, state_key: str, version: str, member: Member) -> None:
-        self.known[(state_key, version)] = member
-        while len(self.known) > KNOWN_RECORDS:
-            self.known.popitem(last=False)
+        with CACHE_LOCK:
+            self.known[(state_key, version)] = member
+            while len(self.known) > KNOWN_RECORDS:
+                self.known.popitem(last=False)
 
     def forget(self, hashed: str, filed: Filed, markers: list[Marker]) -> None:
         """Clear the records of an object that is gone, known only by its key's hash, and
@@ -433,7 +439,13 @@ class Pipeline:
         is for). ``resign`` publishes anew even if the manifest is current (renewal).
         Returns the members whose user tags no longer match their record (a tag change
         whose processing is still to come).
+
+        A round after one that wrote statuses rewrites only those it wrote (and
+        ``last``): they may be stale; every other status is its writer's to check, as
+        each writer lists again after writing. A round that publishes or withdraws
+        writes them all.
         """
+        mine: set[str] | None = None  # statuses this evaluation wrote; None: check all
         for _ in range(ROUNDS):
             group = self.store.read_group(name)
             if group.duplicated():
@@ -442,13 +454,20 @@ class Pipeline:
             decision = self.decide(group, resign)
             if decision is None:
                 continue  # a record went away between listing and reading: list again
+            if decision.action == "defer":
+                self.pause(PUBLISHING_PAUSE)  # then see what the publisher wrote
+                continue
             wrote = self._carry_out(group, decision)
             if wrote is None:
                 continue  # another worker published first: see what it published
             resign = False
-            drifted, wrote_statuses = self._write_statuses(group, decision.statuses, last)
-            if not (wrote or wrote_statuses):
+            statuses = decision.statuses
+            if mine is not None and not wrote:
+                statuses = {k: v for k, v in statuses.items() if k in mine or k == last}
+            drifted, written = self._write_statuses(group, statuses, last)
+            if not (wrote or written):
                 return drifted
+            mine = (mine or set()) | written
             after = self.store.read_group(name)
             if _members(after) == _members(group):
                 return drifted
@@ -500,7 +519,9 @@ class Pipeline:
     def _publishing(self, group: Group, digest: str) -> bool:
         """Another invocation is publishing these very records right now (its hint is
         written, its manifest not yet): it writes every member's status too, so this one
-        leaves it the work; if it dies, its event comes again later than this window."""
+        waits a moment and looks again rather than publish the same thing. If that
+        invocation died, this one gives up after its rounds and its event comes again
+        (or the dead one's does) once the hint is older than the window."""
         now = self.clock()
         return any(
             hint.digest == digest
@@ -674,17 +695,17 @@ class Pipeline:
 
     def _write_statuses(
         self, group: Group, statuses: dict[str, str], last: str | None
-    ) -> tuple[set[str], bool]:
+    ) -> tuple[set[str], set[str]]:
         """Write each status that differs, merged into tags read just before, ``last``'s
         last. A status is never written on a member whose user tags no longer match its
         record: it moved, or is about to, and its own processing decides it. Returns
-        those members, and whether any status was written."""
+        those members, and the members whose status was written."""
         recorded = {}
         for marker in group.markers:
             member = self.member(marker)
             if member is not None:
                 recorded[member.key] = marker.tags
-        drifted, wrote = set(), False
+        drifted, wrote = set(), set()
         for key in sorted(statuses, key=lambda k: (k == last, k)):
             status = statuses[key]
 
@@ -700,7 +721,7 @@ class Pipeline:
                     extra={"key": key, "status": status},
                 )
             elif outcome == "written":
-                wrote = True
+                wrote.add(key)
                 self._wrote(key, {**(before or {}), convention.STATUS: status})
                 extra = {"key": key, "status": status}
                 if not status.startswith("published:"):  # the OMI's own line says it
@@ -712,10 +733,11 @@ class Pipeline:
 
     def _wrote(self, key: str, tags: dict[str, str]) -> None:
         """Remember the tag set this process wrote last, to know its echo by one read."""
-        self.written[key] = _tags_digest(tags)
-        self.written.move_to_end(key)
-        while len(self.written) > KNOWN_RECORDS:
-            self.written.popitem(last=False)
+        with CACHE_LOCK:
+            self.written[key] = _tags_digest(tags)
+            self.written.move_to_end(key)
+            while len(self.written) > KNOWN_RECORDS:
+                self.written.popitem(last=False)
 
 
 def _members(group: Group) -> frozenset[tuple[str, str]]:

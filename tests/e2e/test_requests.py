@@ -3,7 +3,8 @@
 20 OMIs of 1, 3 and 6 snapshots, uploaded with their tags, then their events delivered
 as S3 sends them (one ObjectCreated per upload; a tagging event for each of the
 pipeline's own status writes, which names the pipeline as its writer), one at a time
-and four at a time (each worker its own pipeline, as Lambda environments are).
+and four at a time (sharing one pipeline, as `omi-manifest run --workers 4` does; separate
+Lambda environments would each read the member records they have not seen).
 """
 
 from __future__ import annotations
@@ -104,9 +105,10 @@ def run(server: EmbeddedServer, tmp_image: bytes, disks: int, workers: int) -> d
     server.requests.reset()
     failures: list[BaseException] = []
 
+    pipeline = pipeline_for(server, bucket)
+    echoes_of(pipeline, events)
+
     def worker() -> None:
-        pipeline = pipeline_for(server, bucket)
-        echoes_of(pipeline, events)
         while True:
             try:
                 change = events.get(timeout=1.0)
