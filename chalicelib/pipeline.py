@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -49,10 +48,6 @@ SAFE_MANIFEST_NAME = re.compile(r"[A-Za-z0-9_./\-]+")
 SIZING_MARGIN = 30.0  # seconds to record the result after sizing a raw.gz
 ROUNDS = 5  # re-reads before giving up on a world that keeps moving (another worker finishes)
 ANNOUNCEMENT_GRACE = timedelta(hours=1)  # longer than any invocation runs (Lambda: 15 min)
-# A publication takes a second or two; a dead publisher's event comes back after a minute
-# (Lambda's first retry) or more (an SQS visibility timeout).
-PUBLISHING_WINDOW = timedelta(seconds=30)
-PUBLISHING_PAUSE = 0.5  # seconds an evaluation waits for a publication under way
 KNOWN_RECORDS = 20_000  # member records kept in memory: a record never changes under its key
 CHANGED = ("412", "PreconditionFailed", "404", "NoSuchKey")
 CACHE_LOCK = threading.Lock()  # a local run's workers share one pipeline
@@ -121,8 +116,7 @@ class Decision:
     what to do with its manifest."""
 
     statuses: dict[str, str]
-    action: str  # "keep" (nothing to do), "publish", "withdraw", "tidy" (hints only), or
-    # "defer" (another invocation is publishing these records)
+    action: str  # "keep" (nothing to do), "publish", "withdraw", or "tidy" (hints only)
     image: ImageSpec | None = None
     head: ManifestHead | None = None  # the manifest as it is, when it was read
     digest: str = ""
@@ -136,7 +130,6 @@ class Pipeline:
     clock: Clock = utc_now
     time_left: Callable[[], float] = _forever  # seconds this invocation has left
     own_principal: str = ""  # who the pipeline is in S3 events (userIdentity.principalId)
-    pause: Callable[[float], None] = time.sleep
     known: OrderedDict[tuple[str, str], Member] = field(default_factory=OrderedDict)
     written: OrderedDict[str, str] = field(default_factory=OrderedDict)  # key: tags digest
 
@@ -454,9 +447,6 @@ class Pipeline:
             decision = self.decide(group, resign)
             if decision is None:
                 continue  # a record went away between listing and reading: list again
-            if decision.action == "defer":
-                self.pause(PUBLISHING_PAUSE)  # then see what the publisher wrote
-                continue
             wrote = self._carry_out(group, decision)
             if wrote is None:
                 continue  # another worker published first: see what it published
@@ -504,31 +494,11 @@ class Pipeline:
         published = convention.status_published(target)
         statuses = {s.key: published for s in plan.image.snapshots}
         head = self._fence_head(group)
-        if (
-            not resign
-            and (head is None or head.digest != digest)
-            and self._publishing(group, digest)
-        ):
-            return Decision({}, "defer", digest=digest)
         if resign or head is None or head.digest != digest:
             return Decision(statuses, "publish", plan.image, head, digest)
         hints = [p for p in group.publications if p.digest == digest]
         tidy = len(group.publications) != 1 or len(hints) != 1
         return Decision(statuses, "tidy" if tidy else "keep", plan.image, head, digest)
-
-    def _publishing(self, group: Group, digest: str) -> bool:
-        """Another invocation is publishing these very records right now (its hint is
-        written, its manifest not yet): it writes every member's status too, so this one
-        waits a moment and looks again rather than publish the same thing. If that
-        invocation died, this one gives up after its rounds and its event comes again
-        (or the dead one's does) once the hint is older than the window."""
-        now = self.clock()
-        return any(
-            hint.digest == digest
-            and hint.written is not None
-            and abs(now - hint.written) <= PUBLISHING_WINDOW
-            for hint in group.publications
-        )
 
     def _fence_head(self, group: Group) -> ManifestHead | None:
         """The manifest as it is, read only where a hint says one may exist."""

@@ -119,15 +119,14 @@ class Publication:
     digest: str
     expires: datetime
     etag: str = ""  # the manifest's ETag, as a listing of manifests shows it
-    written: datetime | None = None  # when the hint was written (the listing says)
 
     @classmethod
-    def parse(cls, state_key: str, written: datetime | None = None) -> Publication:
+    def parse(cls, state_key: str) -> Publication:
         parents, leaf = state_key.rsplit("/", 1)
         _, digest, expires, *etag = leaf.split("@")
         moment = datetime.strptime(expires, EXPIRES_FORMAT).replace(tzinfo=UTC)
         group = group_from_segment(parents.rsplit("/", 1)[1])
-        return cls(state_key, group, digest, moment, "".join(etag), written)
+        return cls(state_key, group, digest, moment, "".join(etag))
 
 
 @dataclass(frozen=True)
@@ -538,7 +537,7 @@ def _marker(item: dict[str, Any]) -> Marker:
 def _add_to_group(group: Group, item: dict[str, Any]) -> None:
     leaf = item["Key"].rsplit("/", 1)[1]
     if leaf.startswith(PUBLISHED + "@"):
-        group.publications.append(Publication.parse(item["Key"], item.get("LastModified")))
+        group.publications.append(Publication.parse(item["Key"]))
     else:
         group.markers.append(_marker(item))
 

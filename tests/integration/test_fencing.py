@@ -12,19 +12,16 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import timedelta
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from botocore.awsrequest import AWSResponse
 
 from chalicelib import overview
-from chalicelib.pipeline import utc_now
 from tests.integration.test_interleavings import Scene, published, waiting
 from tests.interleave import Killed, Worker, is_manifest_write, on, paused_run
 
-RETRY_DELAY = timedelta(minutes=1)
 MOST_CALLS = 300  # more S3 calls than any one invocation makes: a runaway loop
 
 
@@ -338,9 +335,7 @@ def run_scenario(bucket: Scene, samples: dict, scenario: Scenario, kill_at: int 
         victim.deliver(key, event)
     made = len(victim.hooks.calls)
     retry = bucket.worker()
-    # The platform delivers the event again, a minute or more later (Lambda's retry).
-    retry.pipeline = replace(retry.pipeline, clock=lambda: utc_now() + RETRY_DELAY)
-    retry.deliver(key, event)
+    retry.deliver(key, event)  # the platform delivers the event again
     retry.deliver_echoes(victim)
     scenario.after(bucket, samples, retry)
     return made
