@@ -51,6 +51,7 @@ SAFE_MANIFEST_NAME = re.compile(r"[A-Za-z0-9_./\-]+")
 SIZING_MARGIN = 30.0  # seconds to record the result after sizing a raw.gz
 ROUNDS = 5  # re-reads before giving up on a world that keeps moving (another worker finishes)
 ANNOUNCEMENT_GRACE = timedelta(hours=1)  # longer than any invocation runs (Lambda: 15 min)
+IMPORT_LEASE = timedelta(minutes=2)  # a publisher's own import, left to it this long after signing
 KNOWN_RECORDS = 20_000  # member records kept in memory: a record never changes under its key
 CHANGED = ("412", "PreconditionFailed", "404", "NoSuchKey")
 
@@ -124,6 +125,7 @@ class Decision:
     digest: str = ""
     imports: bool = False  # imported into OUTSCALE (OMI_IMPORT, or omi:import on a snapshot)
     image_name: str = ""  # the ImageName asked for
+    signed: datetime | None = None  # when the manifest that still needs its import was signed
 
 
 @dataclass
@@ -448,8 +450,10 @@ class Pipeline:
             decision = self.decide(group, resign)
             if decision is None:
                 continue  # a record went away between listing and reading: list again
-            if decision.action == "import" and decision.digest == lost:
-                return set()  # its publisher imports it (or, if it dies, its event's retry)
+            if decision.action == "import" and (
+                decision.digest == lost or self._publisher_importing(decision)
+            ):
+                return set()  # its publisher imports it (or, if it dies, the retry or the check)
             wrote = self._carry_out(group, decision)
             if wrote is None:
                 lost = decision.digest
@@ -501,10 +505,12 @@ class Pipeline:
             return Decision(statuses, "publish", plan.image, head, digest, imports, image_name)
         hints = [p for p in group.publications if p.digest == digest]
         tidy = len(group.publications) != 1 or len(hints) != 1
-        action = "tidy" if tidy else "keep"
-        if imports and not self._imported(self.store.tags(target) or {}, image_name, statuses):
-            action = "import"
-        return Decision(statuses, action, plan.image, head, digest, imports, image_name)
+        action, signed = ("tidy" if tidy else "keep"), None
+        if imports:
+            tags = self.store.tags(target) or {}
+            if not self._imported(tags, image_name, statuses):
+                action, signed = "import", _signed_at(tags)
+        return Decision(statuses, action, plan.image, head, digest, imports, image_name, signed)
 
     def _fence_head(self, group: Group) -> ManifestHead | None:
         """The manifest as it is, read only where a hint says one may exist."""
@@ -740,6 +746,11 @@ class Pipeline:
             self.outscale = outscale.connect(self.settings.outscale_secret)
         return importing.Importer(self.outscale)
 
+    def _publisher_importing(self, decision: Decision) -> bool:
+        """The manifest was signed moments ago: its publisher is starting the import (a
+        duplicate event must not send a second CreateImage meanwhile)."""
+        return decision.signed is not None and self.clock() - decision.signed < IMPORT_LEASE
+
     def _imported(self, tags: dict[str, str], image_name: str, statuses: dict[str, str]) -> bool:
         """Whether the published manifest's ``tags`` record its import (``_publish`` drops
         image tags with a new content, so they are this content's); if so, ``statuses``
@@ -771,20 +782,22 @@ class Pipeline:
         record it on the manifest. None: the manifest changed meanwhile (look again)."""
         target = self.manifest_key(group.name)
         seen = self.store.tags(target) or {}
-        url = signing.url_from_tags(seen)
+        url, signed = signing.url_from_tags(seen), _signed_at(seen)
         head = self.store.manifest_head(target)  # after the tags: they are its, or older
-        if url is None or head is None or head.digest != decision.digest:
+        if url is None or signed is None or head is None or head.digest != decision.digest:
             return None
         if not self._imported(seen, decision.image_name, decision.statuses):
+            claim = self._import_key(group.name, decision.digest)
+            self.store.write_publication(claim)  # before CreateImage: the check finds it
             state = self._importer().start(
-                group.name, decision.image_name, decision.digest, target, url, _signed_at(seen)
+                group.name, decision.image_name, decision.digest, target, url, signed
             )
-            if state.state == importing.PENDING:  # before the manifest says so: followed
-                self.store.write_publication(self._pending_key(group.name, state))
             if state.state == importing.FAILED and state.image_id:
                 self.import_reasons[state.image_id] = state.comment
             if not self._record_import(target, seen, state):
                 return None
+            if state.state != importing.PENDING:
+                self.store.delete_record(claim)
             status = self._import_status(state.state, state.image_id, decision.image_name)
             decision.statuses.update(dict.fromkeys(decision.statuses, status))
         return True
@@ -828,34 +841,43 @@ class Pipeline:
         )
         self.announce(event)
 
-    def _pending_key(self, name: str, state: importing.ImportState) -> str:
-        """An empty record per pending import: the short schedule lists them (one request
-        when none is pending) instead of reading every manifest's tags."""
-        prefix = f"{self.settings.state_prefix}imports/"
-        return f"{prefix}{group_segment(name)}@{state.image_id}@{state.digest}"
+    def _import_key(self, name: str, digest: str) -> str:
+        """An empty record per import under way, written before CreateImage and deleted
+        once it ended: the short schedule lists them (one request when none is under way)
+        instead of reading every manifest's tags."""
+        return f"{self.settings.state_prefix}imports/{group_segment(name)}@{digest}"
 
     def follow_imports(self, name: str | None = None) -> int:
-        """The short schedule (and ``run``'s loop, and ``import NAME``): one ReadImages for
-        every pending import (or those of ``name``); each that ended gets its manifest's
-        state tag, its event and its snapshots' statuses, and its record goes. Returns
-        how many are still pending."""
+        """The short schedule (and ``run``'s loop, and ``import NAME``): the imports under way
+        (or those of ``name``), from one listing; one ReadImages for the pending ones; each
+        that ended gets its manifest's state tag, its event and its snapshots' statuses,
+        and its record goes. An import whose publisher died before recording it is started
+        (or found) once its lease is over. Returns how many are still pending."""
         prefix = f"{self.settings.state_prefix}imports/"
-        pending = {}
-        for key, _, _ in self.store.list_etags(prefix):
-            segment, image_id, digest = key[len(prefix) :].split("@")
+        pending: dict[str, tuple[str, str]] = {}
+        for key, _, written in self.store.list_etags(prefix):
+            segment, digest = key[len(prefix) :].split("@")
             omi = group_from_segment(segment)
-            if name is None or omi == name:
-                pending[key] = (omi, image_id, digest)
-        if not pending:
-            return 0
-        states = self._importer().follow(image_id for _, image_id, _ in pending.values())
+            if name is not None and omi != name:
+                continue
+            target = self.manifest_key(omi)
+            tags = self.store.tags(target) or {}
+            head = self.store.manifest_head(target)
+            state, image_id = tags.get(importing.IMAGE_STATE_TAG), tags.get(importing.IMAGE_ID_TAG)
+            if head is None or head.digest != digest or (state and state != importing.PENDING):
+                self.store.delete_record(key)  # ended, or this content is published no more
+            elif state == importing.PENDING and image_id:
+                pending[image_id] = (key, omi)
+            elif self.clock() - written >= IMPORT_LEASE:
+                logger.info("finishing an import its publisher left", extra={"omi": omi})
+                self.evaluate(omi)
+        states = self._importer().follow(pending) if pending else {}
         still = 0
-        for key, (omi, image_id, digest) in sorted(pending.items()):
-            found = states[image_id]
-            if found.state == importing.PENDING:
+        for image_id, (key, omi) in sorted(pending.items()):
+            state = replace(states[image_id], omi=omi)
+            if state.state == importing.PENDING:
                 still += 1
                 continue
-            state = replace(found, omi=omi, digest=digest)
             if state.state == importing.FAILED:
                 self.import_reasons[image_id] = state.comment
             self._settle_import(state)
@@ -893,10 +915,10 @@ def _url_tags(tags: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in tags.items() if signing.is_url_tag(k)}
 
 
-def _signed_at(tags: dict[str, str]) -> datetime:
+def _signed_at(tags: dict[str, str]) -> datetime | None:
     """When the manifest's URL was signed: just before the manifest was written."""
-    stamp = tags.get("X-Amz-Date", "")
-    return datetime.strptime(stamp, EXPIRES_FORMAT).replace(tzinfo=UTC)
+    stamp = tags.get("X-Amz-Date")
+    return datetime.strptime(stamp, EXPIRES_FORMAT).replace(tzinfo=UTC) if stamp else None
 
 
 def _announced(status: str) -> bool:
