@@ -126,8 +126,7 @@ def test_a_taken_name_is_an_error_naming_it(omi, samples, fake_outscale, capture
     other = fake_outscale.add_image("web", "https://elsewhere/b/k.json")
     omi.drop("web/sda1.qcow2", samples["qcow2"])
     assert omi.status("web/sda1.qcow2") == (
-        "error: image name web is already used in the account "
-        "- set omi:image-name to another name"
+        "error: image name web is already used in the account - set omi:image-name to another name"
     )
     assert omi.tags(MANIFEST)["omi:image-state"] == "error"
     assert "omi:image-id" not in omi.tags(MANIFEST)
