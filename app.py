@@ -17,6 +17,8 @@ app.register_middleware(ConvertToMiddleware(metrics.log_metrics))
 BUCKET = os.environ.get("OMI_BUCKET", "omi-snapshots")
 OBJECT_EVENTS = ["s3:ObjectCreated:*", "s3:ObjectRemoved:*", "s3:ObjectTagging:*"]
 SCHEDULE = os.environ.get("OMI_SCHEDULE", "rate(1 hour)")
+# Pending imports into OUTSCALE are read this often (spec section 9: within five minutes).
+FOLLOW_SCHEDULE = os.environ.get("OMI_FOLLOW_SCHEDULE", "rate(5 minutes)")
 # "false" for a store that sends no bucket events (OUTSCALE OOS): the schedule polls it.
 BUCKET_EVENTS = os.environ.get("OMI_BUCKET_EVENTS", "true") != "false"
 
@@ -39,3 +41,10 @@ def renew_and_reconcile(event):
         pipeline.settings.renew_before,
         time_left=lambda: context.get_remaining_time_in_millis() / 1000,
     ).run()
+
+
+@app.schedule(FOLLOW_SCHEDULE)
+def follow_imports(event):
+    """The state of pending imports, onto the manifests and snapshots (one list request
+    when none is pending)."""
+    runtime.pipeline().follow_imports()

@@ -163,6 +163,28 @@ def cmd_url(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """Start the import of a published OMI, or read its pending import's state now."""
+    from . import importing, runtime
+
+    pipeline = runtime.build_pipeline(bucket_settings(args))
+    group = pipeline.store.read_group(args.name)
+    decision = pipeline.decide(group) if pipeline.fenced(group) else None
+    if decision is None:
+        raise CommandError(f"no published manifest for {args.name} - nothing to import")
+    if not decision.imports:
+        raise CommandError(
+            f"import is off for {args.name} - set OMI_IMPORT=true, or tag omi:import=true "
+            "on one of its snapshots"
+        )
+    if pipeline.follow_imports(args.name) == 0:
+        pipeline.evaluate(args.name)
+    tags = pipeline.store.tags(pipeline.manifest_key(args.name)) or {}
+    state = tags.get(importing.IMAGE_STATE_TAG, "not started")
+    print(f"{args.name}: {tags.get(importing.IMAGE_ID_TAG, 'no image')} {state}")
+    return 1 if state in (importing.FAILED, importing.ERROR, "not started") else 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from . import manifest
 
@@ -396,6 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
     _bucket_options(url)
     url.add_argument("name")
     url.set_defaults(handler=cmd_url)
+
+    imports = commands.add_parser(
+        "import", help="start the import of a published OMI into OUTSCALE, or re-check it now"
+    )
+    _bucket_options(imports)
+    imports.add_argument("name")
+    imports.set_defaults(handler=cmd_import)
 
     validate = commands.add_parser(
         "validate",

@@ -81,11 +81,15 @@ class Announcer:
         self._make_client = client or _events_client
         self._client: Any = None
 
-    def announce(self, events: Sequence[Event]) -> None:
+    def announce(self, events: Sequence[Event], lines: bool = True) -> None:
+        """``lines=False``: the change already has its console lines (a ``rejected`` OMI's
+        are its snapshots' ``error:`` lines); the record is logged without a ``change``."""
         for event in events:
+            shown = {"change": event.change} if lines else {}
             logger.info(
                 f"omi {event.kind}",
-                extra={"event": event.kind, "change": event.change}
+                extra={"event": event.kind}
+                | shown
                 | {k: v for k, v in event.detail().items() if v is not None and k != "kind"},
             )
         if self.bus and events:

@@ -50,6 +50,7 @@ MANIFEST_TAGS = (IMAGE_ID_TAG, IMAGE_STATE_TAG)
 NAME_TAG, DIGEST_TAG, MANIFEST_TAG = "omi:name", "omi:digest", "omi:manifest"  # on the image
 
 PENDING, AVAILABLE, FAILED, ERROR = "pending", "available", "failed", "error"
+IMPORT_STATUSES = ("importing: ", "imported: ", "error: import failed: ", "error: image name ")
 EVENT_OF_STATE = {PENDING: "import-started", AVAILABLE: "imported", FAILED: "import-failed"}
 
 
@@ -117,6 +118,21 @@ def snapshot_status(state: ImportState) -> str:
     return status_error(state.comment)
 
 
+def refusal(image_name: str) -> str:
+    """Why no image was asked for, from the name alone, so that the pipeline rebuilds the
+    same status from the manifest's ``omi:image-state=error`` (the log names the image
+    that holds a taken name)."""
+    if not NAME_PATTERN.fullmatch(image_name):
+        return (
+            f"image name {tag_safe(image_name)} is invalid - set omi:image-name to 3 to 128 "
+            "letters digits spaces _ / . -"
+        )
+    return (
+        f"image name {tag_safe(image_name)} is already used in the account "
+        "- set omi:image-name to another name"
+    )
+
+
 def manifest_tags(state: ImportState) -> dict[str, str]:
     """The manifest's two import tags; a refused import has no image id (the pipeline
     removes a stale one: it owns both ``MANIFEST_TAGS``)."""
@@ -124,6 +140,11 @@ def manifest_tags(state: ImportState) -> dict[str, str]:
     if state.image_id:
         tags[IMAGE_ID_TAG] = state.image_id
     return tags
+
+
+def is_import_status(status: str) -> bool:
+    """A snapshot status ``snapshot_status`` gives (its change is the import's event)."""
+    return status.startswith(IMPORT_STATUSES)
 
 
 def pending_image(manifest_tags: Mapping[str, str]) -> str | None:
@@ -183,15 +204,7 @@ class Importer:
         name that cannot be used (an ``error`` state says why); raises ``ApiError`` when
         OUTSCALE cannot be asked, and the caller's retry runs it again safely."""
         if not NAME_PATTERN.fullmatch(image_name):
-            return ImportState(
-                omi,
-                digest,
-                None,
-                image_name,
-                ERROR,
-                f"image name {tag_safe(image_name)} is "
-                "invalid - set omi:image-name to 3 to 128 letters digits spaces _ / . -",
-            )
+            return ImportState(omi, digest, None, image_name, ERROR, refusal(image_name))
         marked = [
             image
             for image in self.api.read_images(tags=[f"{DIGEST_TAG}={digest}"])
@@ -278,11 +291,11 @@ class Importer:
 
     @staticmethod
     def _name_taken(omi: str, digest: str, name: str, holder: Image) -> ImportState:
-        return ImportState(
-            omi, digest, None, name, ERROR,
-            f"image name {tag_safe(name)} is already used by {holder.image_id} in the account "
-            "- set omi:image-name to another name",
-        )  # fmt: skip
+        logger.warning(
+            f"image name {tag_safe(name)} is already used by {holder.image_id}",
+            extra={"omi": omi, "image": holder.image_id},
+        )
+        return ImportState(omi, digest, None, name, ERROR, refusal(name))
 
     @staticmethod
     def _log_started(state: ImportState) -> None:

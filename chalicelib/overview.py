@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .grouping import Member, plan_group
+from .importing import IMAGE_ID_TAG, IMAGE_STATE_TAG
 from .pipeline import Pipeline
 from .signing import format_expiry
 from .store import ManifestHead
@@ -31,6 +32,7 @@ class OmiStatus:
     manifest: str | None = None
     error: str | None = None
     snapshots: tuple[SnapshotState, ...] = ()
+    image: str | None = None  # the OUTSCALE import: "ami-12345678 pending" (spec section 9)
 
 
 def _groups(
@@ -82,22 +84,38 @@ def omi_statuses(pipeline: Pipeline, name: str | None = None) -> list[OmiStatus]
                 manifest=pipeline.manifest_key(group) if published else None,
                 error=error,
                 snapshots=snapshots,
+                image=_image(pipeline, group) if published else None,
             )
         )
     return statuses
 
 
+def _image(pipeline: Pipeline, name: str) -> str | None:
+    """The import recorded on a published manifest (one tag read per published OMI)."""
+    tags = pipeline.store.tags(pipeline.manifest_key(name)) or {}
+    if IMAGE_STATE_TAG not in tags:
+        return None
+    return f"{tags.get(IMAGE_ID_TAG, 'no image')} {tags[IMAGE_STATE_TAG]}"
+
+
 def format_table(statuses: list[OmiStatus]) -> str:
-    rows = [("OMI", "SNAPSHOTS", "STATE", "URL EXPIRES", "ERROR")]
+    rows = [("OMI", "SNAPSHOTS", "STATE", "URL EXPIRES", "IMAGE", "ERROR")]
     rows += [
-        (s.name, f"{s.present}/{s.expected}", s.state, s.expires or "-", s.error or "")
+        (
+            s.name,
+            f"{s.present}/{s.expected}",
+            s.state,
+            s.expires or "-",
+            s.image or "-",
+            s.error or "",
+        )
         for s in statuses
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
     return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True))
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True))
         + "  "
-        + row[4]
+        + row[5]
         for row in rows
     ).rstrip()
 
@@ -107,6 +125,8 @@ def format_details(status: OmiStatus) -> str:
     lines = [""]
     if status.manifest:
         lines.append(f"manifest: {status.manifest} (URL expires {status.expires})")
+    if status.image:
+        lines.append(f"image: {status.image}")
     for snapshot in status.snapshots:
         if snapshot.problems:
             lines.append(f"{snapshot.key}: {len(snapshot.problems)} problem(s)")

@@ -18,19 +18,21 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from hashlib import sha256
 
 from botocore.exceptions import ClientError
 
-from . import convention, manifest, signing
+from . import convention, importing, manifest, outscale, signing
 from .config import Settings
+from .events import Announcer, Event
 from .grouping import ImageSpec, Member, plan_group
 from .inspection import declared_format, inspect_snapshot
 from .notifications import ObjectChange
 from .observability import count, logger
 from .store import (
+    EXPIRES_FORMAT,
     Filed,
     Filing,
     Group,
@@ -38,6 +40,8 @@ from .store import (
     Marker,
     ObjectInfo,
     Store,
+    group_from_segment,
+    group_segment,
     key_hash,
     membership_digest,
     tags_hash,
@@ -48,6 +52,7 @@ SAFE_MANIFEST_NAME = re.compile(r"[A-Za-z0-9_./\-]+")
 SIZING_MARGIN = 30.0  # seconds to record the result after sizing a raw.gz
 ROUNDS = 5  # re-reads before giving up on a world that keeps moving (another worker finishes)
 ANNOUNCEMENT_GRACE = timedelta(hours=1)  # longer than any invocation runs (Lambda: 15 min)
+IMPORT_LEASE = timedelta(minutes=2)  # a publisher's own import, left to it this long after signing
 KNOWN_RECORDS = 20_000  # member records kept in memory: a record never changes under its key
 CHANGED = ("412", "PreconditionFailed", "404", "NoSuchKey")
 CACHE_LOCK = threading.Lock()  # a local run's workers share one pipeline
@@ -120,6 +125,9 @@ class Decision:
     image: ImageSpec | None = None
     head: ManifestHead | None = None  # the manifest as it is, when it was read
     digest: str = ""
+    imports: bool = False  # imported into OUTSCALE (OMI_IMPORT, or omi:import on a snapshot)
+    image_name: str = ""  # the ImageName asked for
+    signed: datetime | None = None  # when the manifest that still needs its import was signed
 
 
 @dataclass
@@ -132,6 +140,9 @@ class Pipeline:
     own_principal: str = ""  # who the pipeline is in S3 events (userIdentity.principalId)
     known: OrderedDict[tuple[str, str], Member] = field(default_factory=OrderedDict)
     written: OrderedDict[str, str] = field(default_factory=OrderedDict)  # key: tags digest
+    outscale: outscale.OutscaleApi | None = None  # made from the settings on first use
+    announcer: Announcer | None = None  # made from the settings on first use
+    import_reasons: dict[str, str] = field(default_factory=dict)  # failed image: StateComment
 
     # --- events ----------------------------------------------------------------
 
@@ -439,6 +450,7 @@ class Pipeline:
         writes them all.
         """
         mine: set[str] | None = None  # statuses this evaluation wrote; None: check all
+        lost = None
         for _ in range(ROUNDS):
             group = self.store.read_group(name)
             if group.duplicated():
@@ -447,8 +459,13 @@ class Pipeline:
             decision = self.decide(group, resign)
             if decision is None:
                 continue  # a record went away between listing and reading: list again
+            if decision.action == "import" and (
+                decision.digest == lost or self._publisher_importing(decision)
+            ):
+                return set()  # its publisher imports it (or, if it dies, the retry or the check)
             wrote = self._carry_out(group, decision)
             if wrote is None:
+                lost = decision.digest
                 continue  # another worker published first: see what it published
             resign = False
             statuses = decision.statuses
@@ -493,12 +510,20 @@ class Pipeline:
         target = self.manifest_key(group.name)
         published = convention.status_published(target)
         statuses = {s.key: published for s in plan.image.snapshots}
+        values = {k: v for m in members for k, v in m.settings.image.items()}  # type: ignore[union-attr]
+        imports = importing.wanted(self.settings.import_images, values)
+        image_name = importing.image_name_of(group.name, values)
         head = self._fence_head(group)
         if resign or head is None or head.digest != digest:
-            return Decision(statuses, "publish", plan.image, head, digest)
+            return Decision(statuses, "publish", plan.image, head, digest, imports, image_name)
         hints = [p for p in group.publications if p.digest == digest]
         tidy = len(group.publications) != 1 or len(hints) != 1
-        return Decision(statuses, "tidy" if tidy else "keep", plan.image, head, digest)
+        action, signed = ("tidy" if tidy else "keep"), None
+        if imports:
+            tags = self.store.tags(target) or {}
+            if not self._imported(tags, image_name, statuses):
+                action, signed = "import", _signed_at(tags)
+        return Decision(statuses, action, plan.image, head, digest, imports, image_name, signed)
 
     def _fence_head(self, group: Group) -> ManifestHead | None:
         """The manifest as it is, read only where a hint says one may exist."""
@@ -526,7 +551,13 @@ class Pipeline:
             if published is None:
                 return None
             decision.statuses.update(published)
+            done = convention.status_published(self.manifest_key(group.name))
+            if decision.imports and set(published.values()) == {done}:
+                return self._import(group, decision)  # in the invocation that published it
             return True
+        if decision.action == "import":
+            self._tidy(group, decision.head, decision.digest)
+            return self._import(group, decision)
         if decision.action == "withdraw":
             self._withdraw(group)
             return True
@@ -565,6 +596,8 @@ class Pipeline:
         if head is not None:  # the user's own tags on the manifest (omi:renew)
             current = self.store.tags(target) or {}
             kept = {k: v for k, v in current.items() if not signing.is_url_tag(k)}
+            if head.digest != digest:  # an import of earlier content is not this content's
+                kept = {k: v for k, v in kept.items() if k not in importing.MANIFEST_TAGS}
         try:
             tags = kept | signing.url_to_tags(
                 sign(target), expires_at, convention.MAX_TAGS - len(kept)
@@ -592,10 +625,10 @@ class Pipeline:
                 "manifest": target,
                 "snapshots": len(image.snapshots),
                 "expires": shown,
-                "change": f"{image.name}: {'renewed' if renewed else 'published'} {target} "
-                f"(expires {shown})",
             },
         )
+        kind = "renewed" if renewed else "published"
+        self.announce(Event(kind, image.name, bucket, target, digest, expires=shown))
         status = convention.status_published(target)
         return {s.key: status for s in image.snapshots}
 
@@ -650,18 +683,19 @@ class Pipeline:
         """Take down the manifest, then the hints that said it may exist: a withdrawal
         that stops half-way leaves a hint, so the next evaluation finishes it."""
         target = self.manifest_key(group.name)
+        pending = importing.pending_image(self.store.tags(target) or {})
+        if pending:
+            logger.warning(
+                f"manifest withdrawn while image {pending} is still importing from it",
+                extra={"omi": group.name, "manifest": target, "image": pending},
+            )
         self.store.delete_manifest(target)
         for hint in group.publications:
             self.store.delete_record(hint.state_key)
         count("ManifestsWithdrawn")
-        logger.info(
-            "manifest withdrawn",
-            extra={
-                "omi": group.name,
-                "manifest": target,
-                "change": f"{group.name}: withdrawn {target}",
-            },
-        )
+        logger.info("manifest withdrawn", extra={"omi": group.name, "manifest": target})
+        digest = group.publications[0].digest if group.publications else None
+        self.announce(Event("withdrawn", group.name, self.settings.bucket, target, digest, pending))
 
     def _write_statuses(
         self, group: Group, statuses: dict[str, str], last: str | None
@@ -675,7 +709,7 @@ class Pipeline:
             member = self.member(marker)
             if member is not None:
                 recorded[member.key] = marker.tags
-        drifted, wrote = set(), set()
+        drifted, wrote, errors = set(), set(), []
         for key in sorted(statuses, key=lambda k: (k == last, k)):
             status = statuses[key]
 
@@ -694,11 +728,16 @@ class Pipeline:
                 wrote.add(key)
                 self._wrote(key, {**(before or {}), convention.STATUS: status})
                 extra = {"key": key, "status": status}
-                if not status.startswith("published:"):  # the OMI's own line says it
+                if not _announced(status):  # the OMI's own event says it
                     extra["change"] = f"{key}: {status}"
                 logger.info("status written", extra=extra)
                 if status.startswith("error:"):
                     count("SnapshotErrors")
+                    errors += [] if _announced(status) else [status]
+        if errors:
+            reason = sorted(errors)[0].removeprefix("error: ")
+            rejected = Event("rejected", group.name, self.settings.bucket, reason=reason)
+            self.announce(rejected, lines=False)  # each snapshot's error line says it
         return drifted, wrote
 
     def _wrote(self, key: str, tags: dict[str, str]) -> None:
@@ -709,6 +748,174 @@ class Pipeline:
             while len(self.written) > KNOWN_RECORDS:
                 self.written.popitem(last=False)
 
+    # --- import into OUTSCALE (spec section 9; docs/import.md) ------------------------
+
+    def announce(self, event: Event, lines: bool = True) -> None:
+        if self.announcer is None:
+            self.announcer = Announcer(self.settings.event_bus)
+        self.announcer.announce([event], lines)
+
+    def _importer(self) -> importing.Importer:
+        if self.outscale is None:
+            self.outscale = outscale.connect(self.settings.outscale_secret)
+        return importing.Importer(self.outscale)
+
+    def _publisher_importing(self, decision: Decision) -> bool:
+        """The manifest was signed moments ago: its publisher is starting the import (a
+        duplicate event must not send a second CreateImage meanwhile)."""
+        return decision.signed is not None and self.clock() - decision.signed < IMPORT_LEASE
+
+    def _imported(self, tags: dict[str, str], image_name: str, statuses: dict[str, str]) -> bool:
+        """Whether the published manifest's ``tags`` record its import (``_publish`` drops
+        image tags with a new content, so they are this content's); if so, ``statuses``
+        become the import's. ``decide`` reads the tags only for an OMI that is imported."""
+        state, image_id = tags.get(importing.IMAGE_STATE_TAG), tags.get(importing.IMAGE_ID_TAG)
+        if state is None or (state != importing.ERROR and not image_id):
+            return False
+        status = self._import_status(state, image_id, image_name)
+        statuses.update(dict.fromkeys(statuses, status))
+        return True
+
+    def _import_status(self, state: str, image_id: str | None, image_name: str) -> str:
+        """Every snapshot's status, from the manifest's two tags; a failed image's
+        StateComment is read once per process (it never changes)."""
+        comment = ""
+        if state == importing.FAILED and image_id:
+            if image_id not in self.import_reasons:
+                followed = self._importer().follow([image_id])[image_id]
+                self.import_reasons[image_id] = followed.comment
+            comment = self.import_reasons[image_id]
+        elif state == importing.ERROR:
+            comment = importing.refusal(image_name)
+        found = importing.ImportState("", "", image_id, image_name, state, comment)
+        return importing.snapshot_status(found)
+
+    def _import(self, group: Group, decision: Decision) -> bool | None:
+        """Start the import of the published content, or find it started (``Importer.start``
+        sends one CreateImage per (OMI, digest) whatever the concurrency and crashes), and
+        record it on the manifest. None: the manifest changed meanwhile (look again)."""
+        target = self.manifest_key(group.name)
+        seen = self.store.tags(target) or {}
+        url, signed = signing.url_from_tags(seen), _signed_at(seen)
+        head = self.store.manifest_head(target)  # after the tags: they are its, or older
+        if url is None or signed is None or head is None or head.digest != decision.digest:
+            return None
+        if not self._imported(seen, decision.image_name, decision.statuses):
+            claim = self._import_key(group.name, decision.digest)
+            self.store.write_publication(claim)  # before CreateImage: the check finds it
+            state = self._importer().start(
+                group.name, decision.image_name, decision.digest, target, url, signed
+            )
+            if state.state == importing.FAILED and state.image_id:
+                self.import_reasons[state.image_id] = state.comment
+            if not self._record_import(target, seen, state):
+                return None
+            if state.state != importing.PENDING:
+                self.store.delete_record(claim)
+            status = self._import_status(state.state, state.image_id, decision.image_name)
+            decision.statuses.update(dict.fromkeys(decision.statuses, status))
+        return True
+
+    def _record_import(self, target: str, seen: dict[str, str], state) -> bool:
+        """The image id, then its state, on the manifest whose URL tags were ``seen`` (a
+        manifest published since is left alone); the event when the state changed."""
+
+        def same_manifest(tags: dict[str, str]) -> bool:
+            return _url_tags(tags) == _url_tags(seen)
+
+        outcome = "unchanged"
+        for name, value in (
+            (importing.IMAGE_ID_TAG, state.image_id),
+            (importing.IMAGE_STATE_TAG, state.state),
+        ):
+            outcome, _ = self.store.set_tag(target, name, value, same_manifest)
+            if outcome in ("moved", "missing"):
+                return False
+            if outcome == "full":
+                logger.warning(
+                    "the import is not recorded on the manifest: it has 10 tags already "
+                    "(remove omi:renew from it)",
+                    extra={"omi": state.omi, "manifest": target, "image": state.image_id},
+                )
+                return True
+        if outcome == "written":
+            self._announce_import(state, target)
+        return True
+
+    def _announce_import(self, state: importing.ImportState, target: str) -> None:
+        event = Event(
+            importing.event_kind(state),
+            state.omi,
+            self.settings.bucket,
+            target,
+            state.digest or None,
+            state.image_id,
+            state.state,
+            state.comment or None,
+        )
+        self.announce(event)
+
+    def _import_key(self, name: str, digest: str) -> str:
+        """An empty record per import under way, written before CreateImage and deleted
+        once it ended: the short schedule lists them (one request when none is under way)
+        instead of reading every manifest's tags."""
+        return f"{self.settings.state_prefix}imports/{group_segment(name)}@{digest}"
+
+    def follow_imports(self, name: str | None = None) -> int:
+        """The short schedule (and ``run``'s loop, and ``import NAME``): the imports under way
+        (or those of ``name``), from one listing; one ReadImages for the pending ones; each
+        that ended gets its manifest's state tag, its event and its snapshots' statuses,
+        and its record goes. An import whose publisher died before recording it is started
+        (or found) once its lease is over. Returns how many are still pending."""
+        prefix = f"{self.settings.state_prefix}imports/"
+        pending: dict[str, tuple[str, str]] = {}
+        for key, _, written in self.store.list_etags(prefix):
+            segment, digest = key[len(prefix) :].split("@")
+            omi = group_from_segment(segment)
+            if name is not None and omi != name:
+                continue
+            target = self.manifest_key(omi)
+            tags = self.store.tags(target) or {}
+            head = self.store.manifest_head(target)
+            state, image_id = tags.get(importing.IMAGE_STATE_TAG), tags.get(importing.IMAGE_ID_TAG)
+            if head is None or head.digest != digest or (state and state != importing.PENDING):
+                self.store.delete_record(key)  # ended, or this content is published no more
+            elif state == importing.PENDING and image_id:
+                pending[image_id] = (key, omi)
+            elif self.clock() - written >= IMPORT_LEASE:
+                logger.info("finishing an import its publisher left", extra={"omi": omi})
+                self.evaluate(omi)
+        states = self._importer().follow(pending) if pending else {}
+        still = 0
+        for image_id, (key, omi) in sorted(pending.items()):
+            state = replace(states[image_id], omi=omi)
+            if state.state == importing.PENDING:
+                still += 1
+                continue
+            if state.state == importing.FAILED:
+                self.import_reasons[image_id] = state.comment
+            self._settle_import(state)
+            self.store.delete_record(key)
+        return still
+
+    def _settle_import(self, state: importing.ImportState) -> None:
+        """An import ended: the manifest that records it says so (one that names another
+        image, or is gone, is left alone), then its OMI's statuses follow from it."""
+        target = self.manifest_key(state.omi)
+
+        def names_it(tags: dict[str, str]) -> bool:
+            return tags.get(importing.IMAGE_ID_TAG) == state.image_id
+
+        outcome, _ = self.store.set_tag(target, importing.IMAGE_STATE_TAG, state.state, names_it)
+        if outcome == "written":
+            self._announce_import(state, target)
+            self.evaluate(state.omi)
+        elif outcome == "moved":
+            logger.info(
+                "an import ended for content no longer published",
+                extra={"omi": state.omi, "image": state.image_id, "state": state.state},
+            )
+
 
 def _members(group: Group) -> frozenset[tuple[str, str]]:
     return frozenset((m.state_key, m.version) for m in group.markers)
@@ -716,6 +923,21 @@ def _members(group: Group) -> frozenset[tuple[str, str]]:
 
 def _tags_digest(tags: dict[str, str]) -> str:
     return tags_hash(dict(tags))
+
+
+def _url_tags(tags: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in tags.items() if signing.is_url_tag(k)}
+
+
+def _signed_at(tags: dict[str, str]) -> datetime | None:
+    """When the manifest's URL was signed: just before the manifest was written."""
+    stamp = tags.get("X-Amz-Date")
+    return datetime.strptime(stamp, EXPIRES_FORMAT).replace(tzinfo=UTC) if stamp else None
+
+
+def _announced(status: str) -> bool:
+    """A status whose change the OMI's own event line says (published, or the import's)."""
+    return status.startswith("published:") or importing.is_import_status(status)
 
 
 def _md5(body: bytes) -> str:

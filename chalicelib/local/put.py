@@ -138,6 +138,9 @@ def upload_all(client: Any, bucket: str, uploads: list[Upload], say: Callable[[s
         say(f"uploaded s3://{bucket}/{upload.key} {shown}".rstrip())
 
 
+PUBLISHED = ("published:", "importing: ", "imported: ")  # the manifest is there (spec 9)
+
+
 def wait_for_manifest(
     tags_of: Callable[[str], dict[str, str] | None],
     uploads: list[Upload],
@@ -157,7 +160,7 @@ def wait_for_manifest(
         statuses = {u.key: (tags_of(u.key) or {}).get(convention.STATUS, "") for u in uploads}
         if any(s.startswith("error:") for s in statuses.values()):
             return None, statuses
-        if all(s.startswith("published:") for s in statuses.values()):
+        if all(s.startswith(PUBLISHED) for s in statuses.values()):
             url = signing.url_from_tags(tags_of(manifest_key) or {})
             if url is not None:
                 return url, statuses

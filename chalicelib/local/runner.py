@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from botocore.exceptions import ClientError
 
 from .. import config, runtime, scheduler, signing
 from ..cli import CommandError
-from ..observability import quiet_metrics
+from ..observability import logger, quiet_metrics
 from ..overview import omi_statuses
 from .delivery import EmbeddedPump, Handler, NotificationPump, Pump, chalice_handler
 from .server import EmbeddedServer
@@ -32,6 +33,7 @@ LOCAL_CREDENTIALS = {
     "AWS_DEFAULT_REGION": "eu-west-2",
 }
 DEFAULT_BUCKET = "omi-snapshots"
+FOLLOW_SECONDS = 300.0  # pending imports show within five minutes (spec section 9)
 
 
 @dataclass
@@ -44,6 +46,7 @@ class RunOptions:
     schedule: float = 3600.0
     check_tags: bool = False
     workers: int = 1
+    follow: float = FOLLOW_SECONDS  # seconds between checks of pending imports
 
 
 class LocalRun:
@@ -130,9 +133,27 @@ class LocalRun:
         return 1 if errors or failed else 0
 
     def _poll_forever(self, interval: float) -> None:
-        while not self.stopping.is_set():
-            self.one_pass()
-            self.stopping.wait(interval)
+        self.one_pass()
+        self._keep_schedule(interval)
+
+    def _keep_schedule(self, interval: float) -> None:
+        """A pass every ``interval`` seconds (the first one is done), and pending imports
+        checked at least every ``follow`` seconds in between, until ``stopping``."""
+        due = time.monotonic() + interval
+        while True:
+            self.follow()
+            if self.stopping.wait(min(self.options.follow, max(0.0, due - time.monotonic()))):
+                return
+            if time.monotonic() >= due:
+                self.one_pass()
+                due = time.monotonic() + interval
+
+    def follow(self) -> None:
+        """What the short schedule does on AWS; a failure is logged, the next check retries."""
+        try:
+            runtime.pipeline().follow_imports()
+        except Exception:
+            logger.exception("checking pending imports failed")
 
     def _connect(self, settings: config.Settings) -> tuple[Pump, Handler]:
         """Point the bucket's notifications at a queue this run drains."""
@@ -163,8 +184,7 @@ class LocalRun:
         )
         delivery.start()
         try:
-            while not self.stopping.wait(self.options.schedule):
-                self.one_pass()
+            self._keep_schedule(self.options.schedule)
         finally:
             self.stopping.set()
             delivery.join()

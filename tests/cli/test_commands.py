@@ -52,7 +52,7 @@ def test_status_url_and_resign_commands(store):
     status = omi("status", *bucket_args(store))
     assert status.returncode == 0
     header, row = status.stdout.splitlines()
-    assert header.split() == ["OMI", "SNAPSHOTS", "STATE", "URL", "EXPIRES", "ERROR"]
+    assert header.split() == ["OMI", "SNAPSHOTS", "STATE", "URL", "EXPIRES", "IMAGE", "ERROR"]
     assert row.split()[:3] == ["api-server", "1/1", "published"]
     url = omi("url", "api-server", *bucket_args(store)).stdout.strip()
     assert url.startswith(f"{store.url}/{store.bucket}/manifests/api-server.json?X-Amz-Algorithm=")

@@ -91,14 +91,15 @@ def test_throttling_is_waited_out(prism_servers, fake_outscale, monkeypatch):
     assert api.request_violations() == []
 
 
-def test_a_name_used_by_another_image_is_an_error(fake_api, fake_outscale):
+def test_a_name_used_by_another_image_is_an_error(fake_api, fake_outscale, captured_logs):
     other = fake_outscale.add_image("web-server", "https://elsewhere/b/k.json")
     state = start(fake_api)
     assert (state.state, state.image_id) == ("error", None)
     assert snapshot_status(state) == (
-        f"error: image name web-server is already used by {other} in the account "
+        "error: image name web-server is already used in the account "
         "- set omi:image-name to another name"
     )
+    assert f"image name web-server is already used by {other}" in captured_logs.getvalue()
     assert fake_outscale.count("CreateImage") == 0
     assert importing.event_kind(state) == "rejected"
 

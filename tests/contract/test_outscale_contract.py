@@ -48,6 +48,5 @@ def test_an_import_sends_only_valid_requests(mock_api):
     assert [action for action, _ in mock_api.sent] == ["ReadImages", "ReadImages"]
     assert state.state == "error" and state.image_id is None
     assert state.comment == (
-        "image name web-server is already used by ami-12345678 in the account "
-        "- set omi:image-name to another name"
+        "image name web-server is already used in the account - set omi:image-name to another name"
     )
