@@ -1,10 +1,12 @@
-"""Randomized convergence (issue 9): whatever the interleaving, events alone leave the bucket
-in the state a one-at-a-time run over the same final objects reaches.
+"""Randomized convergence (issues 9 and 15): whatever the interleaving, and wherever an
+invocation dies, events alone leave the bucket in the state a one-at-a-time run over the
+same final objects reaches.
 
 Uploaders drop the snapshots of many OMIs in parallel (in one call, or uploaded then tagged
 a moment later), retag some to another OMI, delete, replace, fix and tag them; meanwhile
 several workers invoke the real Chalice handler on the bucket's notifications, delivered
-with duplicates and in an order a seeded ``random.Random`` shuffles. Once events stop, a
+with duplicates and in an order a seeded ``random.Random`` shuffles; some invocations are
+killed before a random S3 call, and their event is delivered again. Once events stop, a
 second bucket gets the same final objects one at a time, and the two must read the same:
 statuses, user tags, manifests (without their signed URLs). A pass afterwards writes nothing.
 """
@@ -31,7 +33,7 @@ from chalicelib.local.delivery import NotificationPump, chalice_handler
 from chalicelib.observability import logger
 from chalicelib.scheduler import Pass
 from tests import images
-from tests.interleave import TIMEOUT, Request, Worker, recording_server
+from tests.interleave import TIMEOUT, Killed, Request, Worker, recording_server
 
 SEEDS = [int(s) for s in os.environ.get("OMI_TEST_SEEDS", "1 2 3").split()]
 # Seeds that ever failed, kept as regression cases. 1-3 failed (statuses or manifests unlike
@@ -48,6 +50,8 @@ UPLOADERS = 4
 WORKERS = 3
 PACE = 4  # deliveries an uploader lets happen between two of its steps, at most
 DUPLICATES = 0.25  # share of notifications delivered twice
+CRASHES = 0.15  # share of first deliveries whose invocation dies before some S3 call
+LATEST_CRASH = 30  # ... before a call from the first to this one
 WINDOW_REQUESTS = 4 * 3  # pipeline requests between a re-read of tags and their write: "close"
 RETRIES = 2  # a failed asynchronous invocation is retried twice, as Lambda does
 IDLE = 0.02  # seconds an idle worker waits for work to arrive (pacing, not synchronisation)
@@ -278,6 +282,33 @@ def pipelines_own(event: dict[str, Any]) -> bool:
     )
 
 
+class Crashes:
+    """Kills the invocation running in this thread before its n-th S3 call, when armed."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self.local = threading.local()
+        self.killed = 0
+        for client in {
+            id(c): c for c in (pipeline.store.client, pipeline.store.tag_client)
+        }.values():
+            client.meta.events.register("before-parameter-build.s3.*", self._before)
+
+    def arm(self, at: int) -> None:
+        self.local.left = at
+
+    def disarm(self) -> None:
+        self.local.left = None
+
+    def _before(self, **_: Any) -> None:
+        left = getattr(self.local, "left", None)
+        if left is None:
+            return
+        self.local.left = left - 1
+        if left <= 1:
+            self.local.left = None
+            raise Killed("killed by the test")
+
+
 class Platform:
     """Takes the bucket's notifications from its queue and hands them to ``WORKERS``
     concurrent invocations of the handler, some twice, in a shuffled order."""
@@ -286,6 +317,7 @@ class Platform:
         self.bucket = bucket
         self.handler = handler
         self.rng = rng
+        self.crashes = Crashes(runtime.pipeline())
         self.pending: list[tuple[dict[str, Any], int]] = []
         self.busy = 0
         self.delivered = 0
@@ -329,8 +361,14 @@ class Platform:
                     return
                 event, attempt = self.pending.pop(self.rng.randrange(len(self.pending)))
                 self.busy += 1
+                if attempt == 0 and self.rng.random() < CRASHES:
+                    self.crashes.arm(self.rng.randint(1, LATEST_CRASH))
             try:
                 self.handler(event)
+            except Killed:  # the platform delivers the event again
+                with self.changed:
+                    self.crashes.killed += 1
+                    self._insert(event, attempt + 1)
             except Exception as error:
                 with self.changed:
                     if attempt < RETRIES:
@@ -340,6 +378,7 @@ class Platform:
                     else:
                         self.failed.append(f"{event['Records'][0]['s3']['object']['key']}: {error}")
             finally:
+                self.crashes.disarm()
                 with self.changed:
                     self.busy -= 1
                     self.delivered += 1
@@ -448,9 +487,13 @@ def test_concurrent_events_converge_to_the_sequential_state(served, contents, en
     concurrent = Bucket(server.url, environment)
     intended, platform = concurrent_run(concurrent, contents, seed, chalice_handler(PROJECT))
     assert platform.delivered > len(intended)
+    assert platform.crashes.killed > 0, "no invocation was killed"
     got, got_manifests = concurrent.snapshots(), concurrent.manifests()
     requests = list(log.requests)
-    context = f"seed {seed}: {platform.delivered} deliveries, failed: {platform.failed}"
+    context = (
+        f"seed {seed}: {platform.delivered} deliveries, {platform.crashes.killed} killed, "
+        f"failed: {platform.failed}"
+    )
     assert sorted(got) == sorted(intended), context
     lost = {
         key: (tags, intended[key])

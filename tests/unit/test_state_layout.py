@@ -1,14 +1,17 @@
-"""The state layout's pure parts: key segments, what a listing says, which record stands."""
+"""The state layout's pure parts: key segments, what a listing says, which records count."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
-from chalicelib.pipeline import current_markers
 from chalicelib.scheduler import in_slice
 from chalicelib.store import (
+    Filed,
+    Filing,
+    Group,
     Marker,
-    ObjectState,
     Publication,
     group_from_segment,
     group_segment,
@@ -29,9 +32,9 @@ def test_unnamed_group_cannot_collide_with_a_name():
     assert group_segment("") == "~" != group_segment("~")
 
 
-def marker(key_hash="h1", etag="e1", tags="t1", version="v1", modified="1", group="g"):
+def marker(key_hash="h1", etag="e1", tags="t1", version="v1", group="g"):
     state_key = f".omi-state/groups/{group}/{key_hash}@{etag}@0@ok@{tags}"
-    return Marker.parse(state_key, version, modified)
+    return Marker.parse(state_key, version)
 
 
 def test_marker_key_round_trips_its_fields():
@@ -46,34 +49,28 @@ def test_marker_key_round_trips_its_fields():
     )
 
 
-def test_publication_key_names_its_digest_and_expiry():
-    found = Publication.parse(".omi-state/groups/web/~published@abc@20261207T184000Z")
-    assert (found.group, found.digest, found.expires.isoformat()) == (
+def test_publication_hint_names_its_digest_expiry_and_manifest_etag():
+    found = Publication.parse(".omi-state/groups/web/~published@abc@20261207T184000Z@md5")
+    assert (found.group, found.digest, found.expires.isoformat(), found.etag) == (
         "web",
         "abc",
         "2026-12-07T18:40:00+00:00",
+        "md5",
     )
 
 
-def test_finished_needs_one_group_one_done_and_matching_facts():
-    state = ObjectState("h", frozenset({"web"}), frozenset({("e1", "t1")}))
-    assert state.finished("e1", "t1", "web")
-    assert state.finished('"e1"', "t1", "web")  # ETags come quoted from S3
-    assert state.finished(None, "t1", "web")  # a tagging event: content not compared
-    assert not state.finished("e2", "t1", "web")
-    assert not state.finished("e1", "t2", "web")
-    assert not state.finished("e1", "t1", "other")
-    two_groups = ObjectState("h", frozenset({"web", "old"}), frozenset({("e1", "t1")}))
-    assert not two_groups.finished("e1", "t1", "web")
-    unfinished = ObjectState("h", frozenset({"web"}), frozenset())
-    assert not unfinished.finished("e1", "t1", "web")
+def test_two_records_of_one_snapshot_are_seen_as_such():
+    group = Group("g", [marker(etag="old"), marker(etag="new"), marker(key_hash="h2")])
+    assert group.duplicated() == {"h1"}
+    assert Group("g", [marker(), marker(key_hash="h2")]).duplicated() == set()
 
 
-def test_newest_record_of_a_snapshot_stands_during_a_replacement():
-    old = marker(etag="old", modified="2026-12-01 10:00:00")
-    new = marker(etag="new", modified="2026-12-01 10:00:05")
-    other = marker(key_hash="h2")
-    assert current_markers([new, other, old]) == sorted([new, other], key=lambda m: m.state_key)
+def test_announcements_name_their_groups_and_content():
+    when = datetime(2026, 12, 1, tzinfo=UTC)
+    filed = Filed((Filing("web", "e1", when), Filing("web", "e2", when), Filing("old", "e1", when)))
+    assert filed.groups == {"web", "old"}
+    assert filed.announced("web", "e2") == Filing("web", "e2", when)
+    assert filed.announced("old", "e2") is None
 
 
 def test_digest_changes_with_any_record_content():
