@@ -4,7 +4,8 @@ Scenario from the issue: 20 OMIs of 3 snapshots, with events handled one at a
 time and 4 at a time (as concurrent Lambda invocations). Beside it, the same with
 1 and 6 snapshots per OMI, and 20 x 3 again into a bucket that already holds the
 first run's 60 snapshots: the per-snapshot cost must stay flat across them.
-Every delivered event counts, the pipeline's own tagging events included.
+Every delivered event counts, the pipeline's own tagging events included. Events are
+as S3 sends them (the embedded server's: one per upload, each naming its writer).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import boto3
 
 from chalicelib import runtime
 from chalicelib.local.delivery import NotificationPump, chalice_handler
+from chalicelib.local.events import own_principal
 from chalicelib.local.server import EmbeddedServer
 
 PROJECT = str(Path(__file__).parents[1])
@@ -39,6 +41,8 @@ def connect(server: EmbeddedServer, bucket: str, fresh: bool) -> tuple[Any, Noti
         "OMI_REGION": REGION,
         "OMI_ENDPOINT_URL": server.url,
         "OMI_PUBLIC_ENDPOINT_URL": server.url,
+        # As on AWS, events name their writer and the pipeline knows its own principal.
+        "OMI_OWN_PRINCIPAL": own_principal(PIPELINE_KEY),
     }
     runtime.pipeline.cache_clear()
     session = boto3.Session(
