@@ -53,6 +53,24 @@ def ranged_s3():
         yield client
 
 
+@pytest.fixture(autouse=True)
+def logger_as_imported():
+    """Each test starts with the logger as Lambda has it (JSON, no filter): ``cli.main``,
+    which some tests call in-process, turns the shared handler into a console one for the
+    rest of the process (``observability.use_console``) and would leak into later tests."""
+    handler = logger.registered_handler
+    formatter, filters, stream = handler.formatter, list(handler.filters), handler.stream
+    metrics_disabled = os.environ.get("POWERTOOLS_METRICS_DISABLED")
+    yield
+    handler.setFormatter(formatter)
+    handler.filters[:] = filters
+    handler.setStream(stream)
+    if metrics_disabled is None:
+        os.environ.pop("POWERTOOLS_METRICS_DISABLED", None)
+    else:
+        os.environ["POWERTOOLS_METRICS_DISABLED"] = metrics_disabled
+
+
 @pytest.fixture
 def captured_logs():
     """Everything the JSON logger writes during a test."""

@@ -54,7 +54,7 @@ def run_demo(say: Callable[[str], None] = print) -> int:
             )
         delivered = pump.pump(handler)
         say(f"pipeline handled {delivered} bucket events\n")
-        statuses = omi_statuses(store, settings.defaults)
+        statuses = omi_statuses(runtime.pipeline())
         say(format_table(statuses) + "\n")
         failures = [
             f"{s.name} is {s.state}, expected {EXPECTED_STATES.get(s.name)}"

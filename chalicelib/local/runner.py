@@ -95,11 +95,7 @@ class LocalRun:
 
     def errors(self) -> list[str]:
         pipeline = runtime.pipeline()
-        return [
-            f"{s.name}: {s.error}"
-            for s in omi_statuses(pipeline.store, pipeline.settings.defaults)
-            if s.state == "error"
-        ]
+        return [f"{s.name}: {s.error}" for s in omi_statuses(pipeline) if s.state == "error"]
 
     def run(self) -> int:
         return self.serve(self.start())

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 
 from chalicelib.local.samples import gzipped, qcow2_image
 from tests.cli.conftest import (
@@ -212,7 +213,9 @@ def test_status_name_lists_every_problem_and_names_the_unnamed(store):
     ]
 
 
-def test_run_workers_handles_events_at_once(store, tmp_path):
+def test_run_workers_handles_events_at_once(tmp_path):
+    """Waits for run's own change lines, not for a deadline: a loaded machine is slow,
+    not wrong. Only a run stuck for ten minutes is stopped (and then fails)."""
     process = subprocess.Popen(
         [str(BIN / "omi-manifest"), "run", "--port", "0", "--workers", "3"],
         stdout=subprocess.PIPE,
@@ -220,6 +223,8 @@ def test_run_workers_handles_events_at_once(store, tmp_path):
         text=True,
         env=command_env(),
     )
+    stuck = threading.Timer(600, process.send_signal, args=(signal.SIGINT,))
+    stuck.start()
     try:
         intro = []
         while not intro or intro[-1] != "Changes, one line each:\n":
@@ -227,19 +232,22 @@ def test_run_workers_handles_events_at_once(store, tmp_path):
             assert intro[-1], "run stopped before it was ready"
         assert any("bucket events, 3 workers;" in line for line in intro)
         endpoint = re.search(r"endpoint: (\S+)", "".join(intro)).group(1)
-        disks = []
         for number in range(6):
             disk = tmp_path / f"disk{number}.qcow2"
             disk.write_bytes(qcow2_image(GIB))
-            disks.append(disk)
-        for number, disk in enumerate(disks):
             folder = f"s3://omi-snapshots/omi-{number}/"
             assert omi("put", "--endpoint-url", endpoint, str(disk), folder).returncode == 0
-        status = ["status", "--endpoint-url", endpoint, "--bucket", "omi-snapshots"]
-        wait_for(lambda: omi(*status).stdout.count(" published ") == 6, what="six manifests")
+        published: set[str] = set()
+        while len(published) < 6:
+            line = process.stdout.readline()
+            assert line, f"run stopped with only {sorted(published)} published"
+            published |= set(re.findall(r" (omi-\d): published", line))
+        status = omi("status", "--endpoint-url", endpoint, "--bucket", "omi-snapshots")
+        assert status.stdout.count(" published ") == 6, status.stdout
     finally:
+        stuck.cancel()
         process.send_signal(signal.SIGINT)
-        output, errors = process.communicate(timeout=60)
-    assert process.returncode == 0 and errors == ""
-    published = set(re.findall(r" (omi-\d): published", output))
+        output, errors = process.communicate(timeout=300)
+    assert (process.returncode, errors) == (0, "")
     assert published == {f"omi-{n}" for n in range(6)}
+    assert "stopping" in output

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from unittest import mock
 from urllib.parse import parse_qs, urlsplit
 from urllib.request import urlopen
 
@@ -153,13 +155,13 @@ def test_log_format_json_keeps_the_lambda_records(store):
 @pytest.fixture(scope="module")
 def local_run():
     """`omi-manifest run`'s embedded default in this process, so its server can be asked
-    what was written; its environment changes are undone afterwards."""
-    with pytest.MonkeyPatch.context() as env:
+    what was written; its environment changes are undone afterwards, including the
+    ``OMI_ENDPOINT_URL`` and ``OMI_BUCKET`` that ``LocalRun.start`` writes (left set, they
+    would give every later ``omi-manifest run`` a store it never asked for)."""
+    with mock.patch.dict(os.environ):
         for name in ("OMI_BUCKET", "OMI_ENDPOINT_URL", "OMI_PUBLIC_ENDPOINT_URL"):
-            env.delenv(name, raising=False)
-        for name, value in CREDENTIALS.items():
-            env.setenv(name, value)
-        env.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+            os.environ.pop(name, None)
+        os.environ.update(CREDENTIALS, POWERTOOLS_METRICS_DISABLED="true")
         local = LocalRun(RunOptions(port=0), say=lambda _: None)
         settings = local.start()
         serving = threading.Thread(target=local.serve, args=(settings,))

@@ -13,8 +13,11 @@ PROJECT = Path(__file__).parents[2]
 
 
 def make_env(**extra: str) -> dict[str, str]:
-    """This environment without the outer make's flags (``make test`` runs us)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    """This environment without the outer make's flags (``make test`` runs us) and without
+    ``OMI_`` settings (an ``OMI_ENDPOINT_URL`` would turn ``run`` from the embedded server
+    to a store), as a fresh shell has it."""
+    outer = ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")
+    env = {k: v for k, v in os.environ.items() if k not in outer and not k.startswith("OMI_")}
     return env | extra
 
 
