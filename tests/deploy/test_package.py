@@ -28,11 +28,12 @@ def terraform(packaged):
     return resources(packaged(STAGE))
 
 
-def test_two_functions_sized_for_raw_gz(terraform):
+def test_functions_sized_for_their_work(terraform):
     functions = terraform["aws_lambda_function"]
-    assert set(functions) == {"on_object_event", "renew_and_reconcile"}
+    assert set(functions) == {"on_object_event", "renew_and_reconcile", "follow_imports"}
     assert functions["on_object_event"]["memory_size"] == 1769
-    assert all(f["timeout"] == 900 for f in functions.values())
+    assert functions["renew_and_reconcile"]["timeout"] == 900
+    assert functions["on_object_event"]["timeout"] == 900
     assert all(f["runtime"] == "python3.11" for f in functions.values())
     variables = functions["on_object_event"]["environment"]["variables"]
     assert variables["OMI_BUCKET"] == BUCKET and variables["OMI_SIGNING_SECRET"] == SECRET
@@ -48,22 +49,33 @@ def test_bucket_notification_events_and_filters(terraform):
     assert "on_object_event" in target["lambda_function_arn"]
 
 
-def test_hourly_schedule(terraform):
-    (rule,) = terraform["aws_cloudwatch_event_rule"].values()
-    assert rule["schedule_expression"] == "rate(1 hour)"
+def schedules(stage: dict) -> dict[str, str]:
+    """Each scheduled function's rule: {function: schedule expression}."""
+    rules = stage["aws_cloudwatch_event_rule"]
+    return {
+        name.removesuffix("-event"): rule["schedule_expression"] for name, rule in rules.items()
+    }
+
+
+def test_hourly_pass_and_imports_followed_every_five_minutes(terraform):
+    assert schedules(terraform) == {
+        "renew_and_reconcile": "rate(1 hour)",
+        "follow_imports": "rate(5 minutes)",
+    }
 
 
 def test_each_stage_names_its_own_schedule_rule(terraform, oos):
     """EventBridge rule names are unique per account and region: Chalice's Terraform
     names the rule ``renew_and_reconcile-event`` in every stage, so a second stage's
     apply would take over the first one's rule."""
-    (prod_rule,) = terraform["aws_cloudwatch_event_rule"].values()
-    (oos_rule,) = oos["aws_cloudwatch_event_rule"].values()
-    assert prod_rule["name"] == "omi-manifest-prod-renew_and_reconcile-event"
-    assert oos_rule["name"] == "omi-manifest-oos-renew_and_reconcile-event"
-    for stage in (terraform, oos):
-        (target,) = stage["aws_cloudwatch_event_target"].values()
-        assert target["rule"].startswith("${aws_cloudwatch_event_rule.")
+    for name, stage in (("prod", terraform), ("oos", oos)):
+        rules = stage["aws_cloudwatch_event_rule"]
+        assert {rule["name"] for rule in rules.values()} == {
+            f"omi-manifest-{name}-renew_and_reconcile-event",
+            f"omi-manifest-{name}-follow_imports-event",
+        }
+        for target in stage["aws_cloudwatch_event_target"].values():
+            assert target["rule"].startswith("${aws_cloudwatch_event_rule.")
 
 
 @pytest.mark.parametrize("stage", ["dev", "prod", "oos"])
@@ -90,9 +102,11 @@ def test_policy_is_least_privilege(terraform):
             "s3:GetObject",
             "s3:GetObjectTagging",
             "s3:PutObjectTagging",
+            "s3:DeleteObjectTagging",  # an object that stops being a snapshot loses its status
             "s3:PutObject",
             "s3:DeleteObject",
             "secretsmanager:GetSecretValue",
+            "events:PutEvents",
             "logs:CreateLogGroup",
             "logs:CreateLogStream",
             "logs:PutLogEvents",
@@ -107,8 +121,11 @@ def test_policy_is_least_privilege(terraform):
                     f"arn:aws:s3:::{BUCKET}/.omi-state/*",
                 ]
             if "secretsmanager:GetSecretValue" in statement["Action"]:
-                (secret,) = statement["Resource"]
-                assert secret.endswith(f":secret:{SECRET}-??????")
+                secrets = sorted(r.split(":secret:")[1] for r in statement["Resource"])
+                assert secrets in (
+                    [f"{SECRET}-??????"],
+                    ["omi-manifest/prod/outscale-??????"],  # the OUTSCALE API keys (import)
+                ), secrets
 
 
 # --- a store without events (OUTSCALE OOS): the schedule polls it ----------------------
@@ -121,19 +138,19 @@ def oos(packaged):
     return resources(packaged("oos"))
 
 
-def test_oos_one_polling_function_and_no_bucket_notification(oos):
+def test_oos_polling_function_and_no_bucket_notification(oos):
     assert "aws_s3_bucket_notification" not in oos
-    (function,) = oos["aws_lambda_function"].values()
+    assert set(oos["aws_lambda_function"]) == {"renew_and_reconcile", "follow_imports"}
+    function = oos["aws_lambda_function"]["renew_and_reconcile"]
     assert function["handler"] == "app.renew_and_reconcile"
     # It inspects too (a raw.gz streams through it): a full vCPU, and one pass at a time.
     assert function["memory_size"] == 1769 and function["timeout"] == 900
     assert function["reserved_concurrent_executions"] == 1
-    (rule,) = oos["aws_cloudwatch_event_rule"].values()
-    assert rule["schedule_expression"] == "rate(5 minutes)"
+    assert schedules(oos)["renew_and_reconcile"] == "rate(5 minutes)"
 
 
 def test_oos_endpoint_region_and_secrets_in_the_environment(oos):
-    (function,) = oos["aws_lambda_function"].values()
+    function = oos["aws_lambda_function"]["renew_and_reconcile"]
     variables = function["environment"]["variables"]
     assert variables["OMI_ENDPOINT_URL"] == "https://oos.eu-west-2.outscale.com"
     assert variables["OMI_PUBLIC_ENDPOINT_URL"] == "https://oos.eu-west-2.outscale.com"
@@ -143,25 +160,35 @@ def test_oos_endpoint_region_and_secrets_in_the_environment(oos):
     assert variables["OMI_STORE_SECRET"] == "omi-manifest/oos/store"
 
 
-def test_oos_policy_grants_only_the_secrets_and_logs(oos):
-    (role,) = oos["aws_iam_role_policy"].values()
-    statements = json.loads(role["policy"])["Statement"]
+def test_oos_policy_grants_only_the_secrets_events_and_logs(oos):
+    statements = [
+        statement
+        for role in oos["aws_iam_role_policy"].values()
+        for statement in json.loads(role["policy"])["Statement"]
+    ]
     granted = {(a, r) for s in statements for a in s["Action"] for r in s["Resource"]}
     assert {action for action, _ in granted} == {
         "secretsmanager:GetSecretValue",
+        "events:PutEvents",
         "logs:CreateLogGroup",
         "logs:CreateLogStream",
         "logs:PutLogEvents",
     }
     secrets = sorted(r for a, r in granted if a == "secretsmanager:GetSecretValue")
-    assert [r.split(":secret:")[1] for r in secrets] == [
-        f"{OOS['OMI_SIGNING_SECRET']}-??????",
-        f"{OOS['OMI_STORE_SECRET']}-??????",
-    ]
+    assert sorted({r.split(":secret:")[1] for r in secrets}) == sorted(
+        [
+            f"{OOS['OMI_OUTSCALE_SECRET']}-??????",
+            f"{OOS['OMI_SIGNING_SECRET']}-??????",
+            f"{OOS['OMI_STORE_SECRET']}-??????",
+        ]
+    )
     assert all(statement["Effect"] == "Allow" for statement in statements)
     for action, resource in granted:
         if action.startswith("logs:"):
-            assert "/aws/lambda/omi-manifest-oos-renew_and_reconcile" in resource
+            assert any(
+                f"/aws/lambda/omi-manifest-oos-{function}" in resource
+                for function in ("renew_and_reconcile", "follow_imports")
+            ), resource
             assert "*" not in resource or resource.endswith(":log-stream:*")
 
 
