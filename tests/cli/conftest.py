@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import boto3
@@ -90,9 +93,64 @@ def omi(*args: str, **kwargs) -> subprocess.CompletedProcess:
     )
 
 
+STOP_LIMIT = 60.0  # seconds a stopped command may take to finish what it was doing
+
+
+class Running:
+    """``omi-manifest ARGS`` in a process group of its own, its output in pipes."""
+
+    def __init__(self, *args: str, ignore_sigint: bool = False, **popen) -> None:
+        self.process = subprocess.Popen(
+            [str(BIN / "omi-manifest"), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=command_env(),
+            start_new_session=True,
+            # As from a background shell, nohup or some CI runners.
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+            if ignore_sigint
+            else None,
+            **popen,
+        )
+        self.output: tuple[str, str] | None = None
+
+    def readline(self) -> str:
+        assert self.process.stdout is not None
+        return self.process.stdout.readline()
+
+    def stop(self) -> tuple[str, str]:
+        """SIGTERM (Ctrl-C's SIGINT may be ignored where tests run), reading both pipes
+        meanwhile so that a blocked write cannot keep it alive; its stdout and stderr."""
+        if self.output is None:
+            if self.process.poll() is None:
+                self.process.terminate()
+            try:
+                self.output = self.process.communicate(timeout=STOP_LIMIT)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.output = self.process.communicate()
+                raise AssertionError(f"still running {STOP_LIMIT:g} s after SIGTERM") from None
+        return self.output
+
+
+@contextmanager
+def running(*args: str, **options) -> Iterator[Running]:
+    """A command that is stopped however the test ends, with anything left in its group."""
+    command = Running(*args, **options)
+    try:
+        yield command
+    finally:
+        try:
+            command.stop()
+        finally:
+            with suppress(ProcessLookupError):
+                os.killpg(command.process.pid, signal.SIGKILL)
+
+
 def on_a_terminal(*args: str) -> tuple[int, bytes]:
-    """Run a command with its stderr on a pseudo-terminal; its exit status and what the
-    terminal showed (read while it runs, so a chatty command never blocks)."""
+    """Run a command with its stdout and stderr on a pseudo-terminal; its exit status and
+    what the terminal showed (read while it runs, so a chatty command never blocks)."""
     import pty
     import threading
 
@@ -113,7 +171,7 @@ def on_a_terminal(*args: str) -> tuple[int, bytes]:
     reader.start()
     process = subprocess.Popen(
         [str(BIN / "omi-manifest"), *args],
-        stdout=subprocess.DEVNULL,
+        stdout=follower,
         stderr=follower,
         env=command_env(),
     )
