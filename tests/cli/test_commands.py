@@ -97,6 +97,14 @@ def test_demo_checks_out():
     assert re.search(r"broken\s+1/1\s+error\s+-\s+file named .raw is a qcow2 image", done.stdout)
 
 
+def test_demo_log_format_json_keeps_stdout_pure_json():
+    done = omi("demo", "--log-format", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert {"web-server", "database"} <= {r.get("omi") for r in records if "change" in r}
+    assert done.stderr.splitlines()[-1] == "demo: every check passed"
+
+
 OUTSCALE_SAMPLE = """{
   "Version": 1,
   "Image": {
@@ -251,12 +259,17 @@ def test_run_workers_handles_events_at_once(store, tmp_path):
 
 def test_run_stops_on_sigterm_where_sigint_is_ignored():
     """As under nohup or a CI runner: Ctrl-C's signal is ignored, SIGTERM still stops it,
-    with its usual last line, and nothing of it is left."""
-    with running("run", "--port", "0", ignore_sigint=True) as run:
-        while run.readline() not in ("Changes, one line each:\n", ""):
+    and nothing of it is left. With JSON logs, stdout is JSON only: the lines for a person
+    (the banner, `stopping`) are on stderr."""
+    with running("run", "--port", "0", "--log-format", "json", ignore_sigint=True) as run:
+        assert run.process.stderr is not None
+        while run.process.stderr.readline() not in ("Changes, one line each:\n", ""):
             pass
         output, errors = run.stop()
-    assert (run.process.returncode, errors) == (0, "")
-    assert output.endswith("stopping\n")
+    assert run.process.returncode == 0
+    assert errors == "stopping\n"
+    assert [json.loads(line)["service"] for line in output.splitlines()] == ["omi-manifest"] * len(
+        output.splitlines()
+    )
     with pytest.raises(ProcessLookupError):
         os.killpg(run.process.pid, 0)

@@ -387,3 +387,42 @@ def test_no_metrics_json_on_a_console(console_logs, capsys, monkeypatch):
     for _ in range(250):
         observability.count("ObjectEvents")
     assert capsys.readouterr().out == ""
+
+
+def test_help_describes_every_command_and_argument():
+    parser = cli.build_parser()
+    (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in commands.choices.items():
+        assert command.description, f"{name} has no description"
+        for action in command._actions:
+            assert action.help, f"{name} {action.dest} has no help"
+            if action.dest == "bucket":
+                assert "else omi-snapshots" in action.help  # the default it falls back to
+
+
+@pytest.mark.parametrize(
+    ("argv", "last_line"),
+    [
+        (
+            ["stauts"],
+            "omi-manifest: error: argument command: invalid choice: 'stauts' (choose from "
+            "'put', 'inspect', 'resign', 'run', 'demo', 'status', 'url', 'validate') - "
+            "did you mean status?",
+        ),
+        (
+            ["run", "--port", "80000"],
+            "omi-manifest run: error: argument --port: 80000 is not a port - give 1 to 65535, "
+            "or 0 for any",
+        ),
+        (
+            ["put", "disk.qcow2", "s3://b/web/", "--volume-type", "gp3"],
+            "omi-manifest put: error: argument --volume-type: invalid choice: 'gp3' (choose "
+            "from 'standard', 'gp2', 'io1') - did you mean gp2?",
+        ),
+    ],
+)
+def test_usage_errors_say_what_was_meant(argv, last_line, capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main(argv)
+    assert done.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == last_line
