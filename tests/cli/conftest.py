@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -50,6 +51,7 @@ def moto_process():
         [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=tied_to_this_process(),
     )
     url = f"http://127.0.0.1:{port}"
 
@@ -60,10 +62,12 @@ def moto_process():
         except OSError:
             return False
 
-    wait_for(answering, what="moto_server")
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
+    try:
+        wait_for(answering, what="moto_server")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 @pytest.fixture
@@ -94,6 +98,20 @@ def omi(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 
 STOP_LIMIT = 60.0  # seconds a stopped command may take to finish what it was doing
+LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: a forked child only calls it
+PR_SET_PDEATHSIG = 1
+
+
+def tied_to_this_process(ignore_sigint: bool = False):
+    """For ``preexec_fn``: the child gets SIGTERM if the test process dies, however it dies
+    (even SIGKILL), and optionally ignores SIGINT as under nohup or a CI runner."""
+
+    def prepare() -> None:
+        LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if ignore_sigint:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return prepare
 
 
 class Running:
@@ -107,10 +125,7 @@ class Running:
             text=True,
             env=command_env(),
             start_new_session=True,
-            # As from a background shell, nohup or some CI runners.
-            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-            if ignore_sigint
-            else None,
+            preexec_fn=tied_to_this_process(ignore_sigint),
             **popen,
         )
         self.output: tuple[str, str] | None = None
