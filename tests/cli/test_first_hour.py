@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 from urllib.request import urlopen
@@ -394,14 +395,22 @@ def mistakes(store, tmp_path, quiet_store, moto_port):
 def test_every_mistake_is_one_line_and_exit_status_1(store, tmp_path, store_without_notifications):
     moto_port = int(store.url.rsplit(":", 1)[1])
     cases = mistakes(store, tmp_path, store_without_notifications, moto_port)
-    for args, env, message in cases:
-        done = subprocess.run(
+
+    def attempt(case) -> subprocess.CompletedProcess:
+        args, env, _ = case
+        return subprocess.run(
             [str(BIN / "omi-manifest"), *args],
             capture_output=True,
             text=True,
             timeout=300,
             env=command_env(**env),
         )
+
+    # Independent commands, several at a time: most of their time is waiting (start-up,
+    # retries against an endpoint that is not there).
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(attempt, cases))
+    for (args, _, message), done in zip(cases, results, strict=True):
         assert (done.returncode, done.stderr) == (1, f"omi-manifest: {message}\n"), args
 
 
