@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -246,9 +247,13 @@ def test_run_workers_handles_events_at_once(store, tmp_path):
             disk = tmp_path / f"disk{number}.qcow2"
             disk.write_bytes(qcow2_image(GIB))
             disks.append(disk)
-        for number, disk in enumerate(disks):
+
+        def put(number: int) -> int:
             folder = f"s3://omi-snapshots/omi-{number}/"
-            assert omi("put", "--endpoint-url", endpoint, str(disk), folder).returncode == 0
+            return omi("put", "--endpoint-url", endpoint, str(disks[number]), folder).returncode
+
+        with ThreadPoolExecutor(max_workers=6) as uploaders:  # events that arrive together
+            assert list(uploaders.map(put, range(6))) == [0] * 6
         status = ["status", "--endpoint-url", endpoint, "--bucket", "omi-snapshots"]
         wait_for(lambda: omi(*status).stdout.count(" published ") == 6, what="six manifests")
         output, errors = run.stop()
