@@ -47,7 +47,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 test: setup qemu-img lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --maxprocesses=4 --dist worksteal
 
 run: setup
 	$(BIN)/omi-manifest run
