@@ -128,7 +128,7 @@ def cmd_resign(args: argparse.Namespace) -> int:
     report = scheduler.Pass(
         runtime.build_pipeline(settings), renew_before, check_tags=args.check_tags
     ).run()
-    print(format_report(report))
+    print(json.dumps(report.as_dict()) if args.log_format == "json" else format_report(report))
     return 1 if report.outcomes["failed"] else 0
 
 

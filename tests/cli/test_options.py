@@ -74,7 +74,7 @@ def reached(monkeypatch, tmp_path) -> Reached:
             found["pass"] = {"renew_before": renew_before, "check_tags": check_tags}
 
         def run(self) -> PassReport:
-            return PassReport(Counter())
+            return PassReport(Counter(renewed=1, evaluated=2))
 
     monkeypatch.setattr(scheduler, "Pass", RecordedPass)
 
@@ -426,3 +426,17 @@ def test_usage_errors_say_what_was_meant(argv, last_line, capsys):
         cli.main(argv)
     assert done.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == last_line
+
+
+def test_resign_reports_in_words_or_in_json(reached, capsys):
+    assert cli.main(["resign"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "1 manifest URL re-signed",
+        "2 OMIs checked, nothing to change",
+    ]
+    assert cli.main(["resign", "--log-format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "renewed": 1,
+        "evaluated": 2,
+        "unfinished": False,
+    }
