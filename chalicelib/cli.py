@@ -56,19 +56,12 @@ def _reader_for(location: str, args: argparse.Namespace) -> tuple[Reader, str]:
     return FileReader(location), location
 
 
-def _human_size(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
 def format_inspection(location: str, found: Inspection) -> str:
     """The human-readable report of ``inspect``."""
+    from .local.console import human_size
+
     virtual = (
-        f"{found.virtual_size} bytes ({_human_size(found.virtual_size)})"
+        f"{found.virtual_size} bytes ({human_size(found.virtual_size)})"
         if found.virtual_size is not None
         else "unknown"
     )
@@ -76,8 +69,8 @@ def format_inspection(location: str, found: Inspection) -> str:
         f"file:            {location}",
         f"format:          {found.format}",
         f"virtual size:    {virtual}",
-        f"compressed size: {found.compressed_size} bytes ({_human_size(found.compressed_size)})",
-        f"bytes read:      {found.bytes_read} bytes ({_human_size(found.bytes_read)}) in "
+        f"compressed size: {found.compressed_size} bytes ({human_size(found.compressed_size)})",
+        f"bytes read:      {found.bytes_read} bytes ({human_size(found.bytes_read)}) in "
         f"{found.requests} request{'' if found.requests == 1 else 's'}",
         f"importable:      {'yes' if found.importable else 'no'}",
     ]

@@ -18,9 +18,10 @@ REDRAW_INTERVAL = 0.25  # seconds: at most four redraws a second, however often 
 CLEAR_TO_END = "\x1b[K"
 
 
-def _size(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
+def human_size(count: float) -> str:
+    """``16.0 MiB``: bytes in the largest binary unit that keeps the number above 1."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     raise AssertionError("unreachable")
@@ -90,8 +91,6 @@ class ProgressBar:
             timing = f"{_duration(max(self.total - self.done, 0) / rate)} left"
         else:
             timing = "-:-- left"
-        self.stream.write(
-            f"\r{self.label} [{bar}] {share:4.0%}  {_size(self.done)} of {_size(self.total)}"
-            f"  {_size(rate)}/s  {timing}{CLEAR_TO_END}"
-        )
+        amounts = f"{human_size(self.done)} of {human_size(self.total)}  {human_size(rate)}/s"
+        self.stream.write(f"\r{self.label} [{bar}] {share:4.0%}  {amounts}  {timing}{CLEAR_TO_END}")
         self.stream.flush()
