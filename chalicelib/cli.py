@@ -334,8 +334,8 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
-        if found:
-            choices = re.findall(r"'([^']*)'", found.group(2))
+        if found:  # choices quoted or not, as Python versions differ
+            choices = [choice.strip("'") for choice in found.group(2).split(", ")]
             close = difflib.get_close_matches(found.group(1), choices, n=1, cutoff=0.6)
             if close:
                 message += f" - did you mean {close[0]}?"
