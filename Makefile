@@ -77,7 +77,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 test: setup test-servers qemu-img lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --maxprocesses=4 --dist worksteal
 
 run: setup
 	$(BIN)/omi-manifest run --port $(PORT)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
-import signal
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import urlsplit
 
 from .inspection import FileReader, Inspection, Reader, S3Reader, inspect_snapshot
@@ -55,19 +56,12 @@ def _reader_for(location: str, args: argparse.Namespace) -> tuple[Reader, str]:
     return FileReader(location), location
 
 
-def _human_size(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
 def format_inspection(location: str, found: Inspection) -> str:
     """The human-readable report of ``inspect``."""
+    from .local.console import human_size
+
     virtual = (
-        f"{found.virtual_size} bytes ({_human_size(found.virtual_size)})"
+        f"{found.virtual_size} bytes ({human_size(found.virtual_size)})"
         if found.virtual_size is not None
         else "unknown"
     )
@@ -75,8 +69,9 @@ def format_inspection(location: str, found: Inspection) -> str:
         f"file:            {location}",
         f"format:          {found.format}",
         f"virtual size:    {virtual}",
-        f"compressed size: {found.compressed_size} bytes ({_human_size(found.compressed_size)})",
-        f"bytes read:      {found.bytes_read} in {found.requests} reads",
+        f"compressed size: {found.compressed_size} bytes ({human_size(found.compressed_size)})",
+        f"bytes read:      {found.bytes_read} bytes ({human_size(found.bytes_read)}) in "
+        f"{found.requests} request{'' if found.requests == 1 else 's'}",
         f"importable:      {'yes' if found.importable else 'no'}",
     ]
     lines += [f"  problem: {problem}" for problem in found.problems]
@@ -84,12 +79,16 @@ def format_inspection(location: str, found: Inspection) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .local.console import progress_bar
+    from .local.console import ProgressBar
 
     reader, key = _reader_for(args.location, args)
     show_progress = not args.json and sys.stderr.isatty()
-    progress = progress_bar("sizing raw.gz", reader.size) if show_progress else None
-    found = inspect_snapshot(reader, key, size_hint=args.size, progress=progress)
+    progress = ProgressBar("sizing raw.gz", reader.size) if show_progress else None
+    try:
+        found = inspect_snapshot(reader, key, size_hint=args.size, progress=progress)
+    finally:
+        if progress:
+            progress.close()
     if args.json:
         print(json.dumps(found.to_dict(), indent=2))
     else:
@@ -122,13 +121,48 @@ def cmd_resign(args: argparse.Namespace) -> int:
     report = scheduler.Pass(
         runtime.build_pipeline(settings), renew_before, check_tags=args.check_tags
     ).run()
-    print(format_report(report))
+    print(json.dumps(report.as_dict()) if args.log_format == "json" else format_report(report))
     return 1 if report.outcomes["failed"] else 0
 
 
+# What each outcome of a pass means, in the singular and the plural.
+OUTCOME_WORDS = {
+    "renewed": ("manifest URL re-signed", "manifest URLs re-signed"),
+    "refreshed": (
+        "manifest republished or withdrawn (a snapshot had changed)",
+        "manifests republished or withdrawn (a snapshot had changed)",
+    ),
+    "published": ("manifest published", "manifests published"),
+    "reconciled": (
+        "record brought in line with the bucket",
+        "records brought in line with the bucket",
+    ),
+    "evaluated": ("OMI checked, nothing to change", "OMIs checked, nothing to change"),
+    "checked": ("object's tags read, unchanged", "objects' tags read, unchanged"),
+    "stale": ("leftover re-sign entry dropped", "leftover re-sign entries dropped"),
+    "gone": ("manifest no longer published", "manifests no longer published"),
+    "postponed": (
+        "step left for the next pass (time ran out)",
+        "steps left for the next pass (time ran out)",
+    ),
+    "failed": (
+        "step failed (see the lines above; the next pass tries again)",
+        "steps failed (see the lines above; the next pass tries again)",
+    ),
+}
+
+
 def format_report(report: scheduler.PassReport) -> str:
-    """A pass's counts, one per line (``renewed: 1``)."""
-    lines = [f"{outcome}: {number}" for outcome, number in sorted(report.outcomes.items())]
+    """A pass's outcomes in words, one per line (``1 manifest URL re-signed``)."""
+    known = [name for name in OUTCOME_WORDS if report.outcomes[name]]
+    others = sorted(set(report.outcomes) - set(OUTCOME_WORDS))
+    lines = []
+    for name in known + others:
+        number = report.outcomes[name]
+        if not number:
+            continue
+        one, many = OUTCOME_WORDS.get(name, (name, name))
+        lines.append(f"{number} {one if number == 1 else many}")
     return "\n".join(lines) or "nothing to do"
 
 
@@ -142,9 +176,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not statuses:
         print(f"no OMI {args.name}" if args.name else f"no snapshots in {settings.bucket} yet")
         return 1 if args.name else 0
-    print(format_table(statuses))
-    if args.name is not None:
-        print(format_details(statuses[0]))
+    print(format_table(statuses) if args.name is None else format_details(statuses[0]))
     return 1 if any(s.state == "error" for s in statuses) else 0
 
 
@@ -237,17 +269,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_tags=args.check_tags,
         workers=args.workers,
     )
-    signal.signal(signal.SIGTERM, _interrupt)  # a service manager stops it as Ctrl-C does
-    return LocalRun(options).run()
+    return LocalRun(options, say=_human_lines(args)).run()
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def _human_lines(args: argparse.Namespace) -> Callable[[str], None]:
+    """Where lines for a person go: stdout on a console; stderr beside JSON logs, so that
+    stdout stays pure JSON."""
+    if args.log_format == "json":
+        return lambda line: print(line, file=sys.stderr, flush=True)
+    return print
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .local.demo import run_demo
 
+    if args.log_format == "json":
+        return run_demo(say=_human_lines(args), pipeline_logs=True)
     return run_demo()
 
 
@@ -261,7 +298,8 @@ def cmd_put(args: argparse.Namespace) -> int:
             raise CommandError(f"{path} is a directory - give disk image files")
         os.stat(path)  # a missing file fails here, before anything is uploaded
     settings = bucket_settings(args)
-    bucket, uploads = put.plan_uploads(args.files, args.destination, vars(args), settings)
+    options = {name: getattr(args, name.replace("-", "_")) for name in put.OPTIONS}
+    bucket, uploads = put.plan_uploads(args.files, args.destination, options, settings)
     settings = replace(settings, bucket=bucket)
     pipeline = runtime.build_pipeline(settings)
     put.upload_all(pipeline.store.client, bucket, uploads, print)
@@ -279,12 +317,21 @@ def cmd_put(args: argparse.Namespace) -> int:
     return 0
 
 
+def port_number(text: str) -> int:
+    """A TCP port, or 0 for any free one; anything else is a usage error."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port - give 1 to 65535, or 0 for any")
+    return int(text)
+
+
 def _bucket_options(command: argparse.ArgumentParser, bucket: bool = True) -> None:
     command.add_argument(
         "--endpoint-url", help="S3-compatible endpoint (default: OMI_ENDPOINT_URL, else AWS)"
     )
     if bucket:
-        command.add_argument("--bucket", help="the snapshot bucket (default: OMI_BUCKET)")
+        command.add_argument(
+            "--bucket", help="the snapshot bucket (default: OMI_BUCKET, else omi-snapshots)"
+        )
 
 
 def _log_options(command: argparse.ArgumentParser) -> None:
@@ -305,8 +352,21 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with the nearest choice suggested for a mistyped one (``stauts``)."""
+
+    def error(self, message: str) -> NoReturn:
+        found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if found:  # choices quoted or not, as Python versions differ
+            choices = [choice.strip("'") for choice in found.group(2).split(", ")]
+            close = difflib.get_close_matches(found.group(1), choices, n=1, cutoff=0.6)
+            if close:
+                message += f" - did you mean {close[0]}?"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="omi-manifest",
         description="Turn disk snapshots in a bucket into a signed OUTSCALE OMI import manifest.",
     )
@@ -341,7 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     put.set_defaults(handler=cmd_put)
 
     inspect = commands.add_parser(
-        "inspect", help="what the pipeline would record for one file (local path or s3://B/K)"
+        "inspect",
+        help="what the pipeline would record for one file (local path or s3://B/K)",
+        description="Read one snapshot file as the pipeline does - format, virtual and "
+        "compressed sizes, whether OUTSCALE can import it and why not - without uploading "
+        "or changing anything. Exit status 1 when it is not importable.",
     )
     inspect.add_argument("location", help="a local file or s3://BUCKET/KEY")
     inspect.add_argument("--json", action="store_true", help="print one JSON object")
@@ -351,7 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
     _bucket_options(inspect, bucket=False)
     inspect.set_defaults(handler=cmd_inspect)
 
-    resign = commands.add_parser("resign", help="one re-sign and reconcile pass now")
+    resign = commands.add_parser(
+        "resign",
+        help="one re-sign and reconcile pass now",
+        description="What the hourly scheduled function does, once, now: re-sign manifest "
+        "URLs that expire soon, and bring every OMI's manifest and status tags in line with "
+        "the snapshots in the bucket.",
+    )
     _bucket_options(resign)
     resign.add_argument(
         "--renew-before",
@@ -368,11 +438,16 @@ def build_parser() -> argparse.ArgumentParser:
     resign.set_defaults(handler=cmd_resign)
 
     run = commands.add_parser(
-        "run", help="the pipeline on this machine (default: an embedded S3 server)"
+        "run",
+        help="the pipeline on this machine (default: an embedded S3 server)",
+        description="Run the pipeline here until Ctrl-C or SIGTERM: by default on an embedded "
+        "S3-compatible server (in memory) with a bucket whose events reach the same handlers "
+        "Lambda runs; with --endpoint-url and --bucket on an existing store, through its bucket "
+        "notifications or, with --poll, by listing.",
     )
     _bucket_options(run)
     run.add_argument(
-        "--port", type=int, default=5050, help="embedded server port (default 5050; 0: any)"
+        "--port", type=port_number, default=5050, help="embedded server port (default 5050; 0: any)"
     )
     run.add_argument(
         "--poll",
@@ -405,18 +480,35 @@ def build_parser() -> argparse.ArgumentParser:
     _log_options(run)
     run.set_defaults(handler=cmd_run)
 
-    demo = commands.add_parser("demo", help="end to end in one go on the embedded server")
+    demo = commands.add_parser(
+        "demo",
+        help="end to end in one go on the embedded server",
+        description="Drop sample snapshots into an embedded server, let the pipeline publish, "
+        "then fetch each manifest and snapshot through its signed URL and check them. "
+        "Needs no credentials, no qemu-img and no network.",
+    )
     _log_options(demo)
     demo.set_defaults(handler=cmd_demo)
 
-    status = commands.add_parser("status", help="each OMI: snapshots, state, URL expiry")
+    status = commands.add_parser(
+        "status",
+        help="each OMI: snapshots, state, URL expiry",
+        description="One line per OMI: snapshots present of expected, its state (published, "
+        "waiting, pending or error), when its manifest URL expires and its first error. With "
+        "NAME, also every file of that OMI with every problem recorded for it.",
+    )
     _bucket_options(status)
     status.add_argument("name", nargs="?", help="one OMI only, with every problem of each file")
     status.set_defaults(handler=cmd_status)
 
-    url = commands.add_parser("url", help="print an OMI's manifest URL, rebuilt from its tags")
+    url = commands.add_parser(
+        "url",
+        help="print an OMI's manifest URL, rebuilt from its tags",
+        description="Print the pre-signed URL of an OMI's published manifest, rebuilt from the "
+        "tags of manifests/NAME.json; exit status 1 when none is published.",
+    )
     _bucket_options(url)
-    url.add_argument("name")
+    url.add_argument("name", help="the OMI name (its folder, or its omi:name tag)")
     url.set_defaults(handler=cmd_url)
 
     imports = commands.add_parser(
@@ -432,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check a hand-written OMI import manifest: valid JSON (a missing comma is "
         "shown where), and every field as docs/manifest.md in the repository describes it.",
     )
-    validate.add_argument("file")
+    validate.add_argument("file", help="the manifest, a JSON file")
     validate.set_defaults(handler=cmd_validate)
     return parser
 
@@ -466,7 +558,15 @@ def explain(error: Exception) -> str | None:
     if isinstance(error, ConnectionError):  # refused, timed out, unknown host
         where = urlsplit(getattr(error, "kwargs", {}).get("endpoint_url", ""))
         store = f"{where.scheme}://{where.netloc}" if where.netloc else "the store"
-        return f"cannot reach {store} - is it running, and is the endpoint URL right?"
+        if where.netloc.endswith(".amazonaws.com"):
+            return (
+                f"cannot reach {store} (AWS S3: no endpoint was given) - for another store, "
+                "give --endpoint-url URL or set OMI_ENDPOINT_URL"
+            )
+        return (
+            f"cannot reach {store} - is it running, and is the endpoint right "
+            "(--endpoint-url or OMI_ENDPOINT_URL)?"
+        )
     if isinstance(error, ClientError):
         found = error.response.get("Error", {})
         code = found.get("Code", "")
@@ -482,6 +582,10 @@ def explain(error: Exception) -> str | None:
         return f"the store refused {error.operation_name}: {code} {message}".strip()
     if isinstance(error, OSError) and error.strerror:
         return f"cannot read {error.filename}: {error.strerror}" if error.filename else str(error)
+    # An error raised while handling another (a transfer wrapping the store's answer, a
+    # region lookup that had no credentials): the one underneath is what the user fixes.
+    if isinstance(error.__context__, Exception):
+        return explain(error.__context__)
     return None
 
 

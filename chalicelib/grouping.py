@@ -111,9 +111,18 @@ def _devices(members: list[Member], expected: int) -> tuple[dict[str, str], dict
 
 
 def _group_problem(name: str, members: list[Member], devices: dict[str, str], expected: int):
+    """The first thing to fix, most likely cause first: several files with no
+    ``omi:snapshots`` at all are an untagged upload, whatever their devices say."""
     by_device: dict[str, list[str]] = defaultdict(list)
     for key, device in devices.items():
         by_device[device].append(key)
+    counted = any("snapshots" in member.settings.image for member in members)
+    if len(members) > expected and not counted:
+        return (
+            f"{name} has {len(members)} snapshots but none has omi:snapshots - tag each "
+            f"omi:snapshots={len(members)} and its omi:device - /dev/sda1 for the boot disk - "
+            "or upload them with omi-manifest put"
+        )
     for device, keys in sorted(by_device.items()):
         if len(keys) > 1:
             return (

@@ -26,8 +26,16 @@ logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 
 
+class _Console:
+    """Whether this process writes for a person: then no metric is even collected, since
+    Powertools prints a raw EMF line every 100 values of one, disabled or not."""
+
+    active = False
+
+
 def count(name: str, value: int = 1) -> None:
-    metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    if not _Console.active:
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
 
 
 class ConsoleFormatter(LambdaPowertoolsFormatter):
@@ -63,6 +71,7 @@ def use_console() -> None:
     handler = logger.registered_handler
     handler.setFormatter(ConsoleFormatter())
     handler.addFilter(_for_a_person)
+    _Console.active = True
     quiet_metrics()
 
 

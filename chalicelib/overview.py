@@ -121,16 +121,23 @@ def format_table(statuses: list[OmiStatus]) -> str:
 
 
 def format_details(status: OmiStatus) -> str:
-    """Every file of one OMI, with every problem recorded for it (a status tag shows one)."""
-    lines = [""]
-    if status.manifest:
-        lines.append(f"manifest: {status.manifest} (URL expires {status.expires})")
-    if status.image:
-        lines.append(f"image: {status.image}")
+    """One OMI as ``label: value`` lines, then each file with its state and every problem
+    recorded for it (a status tag has room for one)."""
+    lines = [
+        f"omi:       {status.name}",
+        f"state:     {status.state}" + (f" - {status.error}" if status.error else ""),
+        f"snapshots: {status.present} of {status.expected}",
+        f"manifest:  {status.manifest or 'none published'}",
+        f"url:       expires {status.expires}" if status.expires else "url:       none",
+        f"image:     {status.image or 'none'}",
+        "files:",
+    ]
     for snapshot in status.snapshots:
+        state = snapshot.status.split(":", 1)[0]
         if snapshot.problems:
-            lines.append(f"{snapshot.key}: {len(snapshot.problems)} problem(s)")
-            lines += [f"  - {problem}" for problem in snapshot.problems]
+            count = len(snapshot.problems)
+            lines.append(f"  {snapshot.key}: {state}, {count} problem{'s' * (count > 1)}")
+            lines += [f"    - {problem}" for problem in snapshot.problems]
         else:
-            lines.append(f"{snapshot.key}: {snapshot.status}")
+            lines.append(f"  {snapshot.key}: {snapshot.status}")
     return "\n".join(lines)

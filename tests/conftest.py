@@ -1,5 +1,6 @@
 import io
 import os
+import signal
 
 import boto3
 import pytest
@@ -15,6 +16,16 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-2")
 os.environ.pop("AWS_PROFILE", None)
 
 MIB = 1 << 20
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt
+
+
+def pytest_sessionstart(session):
+    """A run stopped with SIGTERM (a CI time limit, ``kill``) ends as Ctrl-C ends it: every
+    fixture is torn down, so the servers and commands the tests started stop too."""
+    signal.signal(signal.SIGTERM, _interrupted)
 
 
 @pytest.fixture(scope="session")

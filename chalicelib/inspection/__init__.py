@@ -12,6 +12,7 @@ with ``.gz`` when it came inside gzip.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -188,7 +189,10 @@ def _inspect_gzip(
         # No tail without inflating: no VHD-footer or DMG-trailer check.
         content = _inspect_content(found, probe, read_at, size_hint, named, True)
         return replace(content, details={"sized_by": "omi:size"})
-    streamed = gzipped.stream_size(reader.stream(), progress, ceilings)
+    # Sizing inflates the whole stream: from the bytes the prefix already read, then the rest.
+    read = prefix.compressed
+    whole = itertools.chain([read] if read else [], reader.stream(len(read)))
+    streamed = gzipped.stream_size(whole, progress, ceilings)
     if streamed.problem:
         return Content("raw.gz", None, [*_rename_problems(named, "raw.gz"), streamed.problem])
     probe = replace(probe, tail=streamed.tail)

@@ -54,6 +54,7 @@ class Prefix:
     complete: bool
     problem: str | None
     first_member_ended: bool = False
+    compressed: bytes = b""  # the file's first bytes, read to get ``data``: never read twice
 
 
 def read_prefix(reader: Reader, first: bytes, want: Callable[[bytes], int]) -> Prefix:
@@ -65,6 +66,7 @@ def read_prefix(reader: Reader, first: bytes, want: Callable[[bytes], int]) -> P
     """
     inflater = isal_zlib.decompressobj(wbits=GZIP_WBITS)
     out = bytearray()
+    taken = bytearray()
     offset = 0
     pending = b""  # input read but not inflated yet: output stops at what is wanted
     while len(out) < want(out):
@@ -73,6 +75,7 @@ def read_prefix(reader: Reader, first: bytes, want: Callable[[bytes], int]) -> P
                 break
             pending = first if offset == 0 else reader.read_at(offset, PREFIX_INPUT_STEP)
             offset += len(pending)
+            taken += pending
         try:
             out += inflater.decompress(pending, want(out) - len(out))
         except (isal_zlib.error, ValueError) as error:
@@ -83,7 +86,7 @@ def read_prefix(reader: Reader, first: bytes, want: Callable[[bytes], int]) -> P
             return Prefix(bytes(out), whole, None, first_member_ended=True)
     if len(out) < want(out) and offset >= reader.size and not pending:
         return Prefix(bytes(out), False, TRUNCATED)
-    return Prefix(bytes(out), False, None)
+    return Prefix(bytes(out), False, None, compressed=bytes(taken))
 
 
 def read_trailer_size(reader: Reader) -> int | None:

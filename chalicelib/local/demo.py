@@ -37,8 +37,11 @@ def _fetch(url: str) -> bytes:
         return response.read()
 
 
-def run_demo(say: Callable[[str], None] = print) -> int:
-    logger.setLevel("WARNING")  # the demo tells its own story
+def run_demo(say: Callable[[str], None] = print, pipeline_logs: bool = False) -> int:
+    """The story on ``say``; with ``pipeline_logs``, also the pipeline's own log records
+    (JSON, as Lambda writes them)."""
+    if not pipeline_logs:
+        logger.setLevel("WARNING")  # the demo tells its own story
     local = LocalRun(RunOptions(port=0), say=lambda _: None)
     settings = local.start()
     try:

@@ -21,12 +21,13 @@ from urllib.parse import urlencode
 from .. import convention, signing
 from ..config import Settings
 from ..convention import PREFIX
-from .console import counting, progress_bar
+from .console import ProgressBar
 
 TAG_VALUE = re.compile(r"[A-Za-z0-9 _.:/=+\-@]{0,256}")
 USER_TAG_ROOM = convention.MAX_TAGS - 1  # one is kept for the pipeline's omi:status
 SNAPSHOT_OPTIONS = ("volume-type", "iops", "delete-on-termination")
 IMAGE_OPTIONS = ("description", "architecture", "product-type", "account")
+OPTIONS = ("omi", *SNAPSHOT_OPTIONS, *IMAGE_OPTIONS)  # each is put's --OPTION and an omi: tag
 WAIT_INTERVAL = 1.0
 
 
@@ -126,14 +127,18 @@ def upload_all(client: Any, bucket: str, uploads: list[Upload], say: Callable[[s
     for upload in uploads:
         progress = None
         if sys.stderr.isatty():
-            progress = counting(progress_bar(upload.key, os.path.getsize(upload.path)))
-        client.upload_file(
-            upload.path,
-            bucket,
-            upload.key,
-            ExtraArgs={"Tagging": urlencode(upload.tags)},
-            Callback=progress,
-        )
+            progress = ProgressBar(upload.key, os.path.getsize(upload.path))
+        try:
+            client.upload_file(
+                upload.path,
+                bucket,
+                upload.key,
+                ExtraArgs={"Tagging": urlencode(upload.tags)},
+                Callback=progress.add if progress else None,
+            )
+        finally:
+            if progress:
+                progress.close()
         shown = " ".join(f"{k}={v}" for k, v in upload.tags.items())
         say(f"uploaded s3://{bucket}/{upload.key} {shown}".rstrip())
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -34,6 +35,8 @@ LOCAL_CREDENTIALS = {
 }
 DEFAULT_BUCKET = "omi-snapshots"
 FOLLOW_SECONDS = 300.0  # pending imports show within five minutes (spec section 9)
+# How long stopping waits for an event being handled; the queue delivers it again later.
+STOP_WAIT = 30.0
 
 
 @dataclass
@@ -98,7 +101,16 @@ class LocalRun:
         return [f"{s.name}: {s.error}" for s in omi_statuses(pipeline) if s.state == "error"]
 
     def run(self) -> int:
+        """Start and serve, stopping on Ctrl-C or SIGTERM (what service managers, CI runners
+        and ``kill`` send; SIGINT is ignored in background jobs)."""
+        signal.signal(signal.SIGTERM, self._stop_on_signal)
         return self.serve(self.start())
+
+    def _stop_on_signal(self, signum: int, frame: object) -> None:
+        if self.stopping.is_set():  # asked again while stopping: wait for nothing more
+            os._exit(128 + signum)
+        self.stopping.set()
+        raise KeyboardInterrupt
 
     def serve(self, settings: config.Settings) -> int:
         """Until Ctrl-C or ``stopping`` (or one pass with ``once``); stops the store after."""
@@ -183,16 +195,16 @@ class LocalRun:
             self._keep_schedule(self.options.schedule)
         finally:
             self.stopping.set()
-            delivery.join()
+            delivery.join(timeout=STOP_WAIT)
 
     def _announce(self, settings: config.Settings) -> None:
         """Where things are, and lines that work as printed in a new terminal."""
         tool = os.path.dirname(sys.executable)
         aws = shutil.which("aws", path=tool) or "aws"
         omi = shutil.which("omi-manifest", path=tool) or "omi-manifest"
-        env = f"AWS_DEFAULT_REGION={settings.region} "
-        if self.server:
-            env = " ".join(f"{k}={v}" for k, v in LOCAL_CREDENTIALS.items()) + " " + env
+        variables = LOCAL_CREDENTIALS if self.server else {}
+        variables = {**variables, "AWS_DEFAULT_REGION": settings.region}
+        env = "".join(f"{name}={value} " for name, value in variables.items())
         endpoint, bucket = settings.endpoint_url, settings.bucket
         mode = f"polling every {self.options.poll:g} s" if self.options.poll else "bucket events"
         workers = f", {self.options.workers} workers" if self.options.workers > 1 else ""

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import boto3
@@ -54,6 +58,7 @@ def moto_process():
         [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=tied_to_this_process(),
     )
     url = f"http://127.0.0.1:{port}"
 
@@ -64,10 +69,12 @@ def moto_process():
         except OSError:
             return False
 
-    wait_for(answering, what="moto_server")
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
+    try:
+        wait_for(answering, what="moto_server")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 @pytest.fixture
@@ -97,9 +104,75 @@ def omi(*args: str, **kwargs) -> subprocess.CompletedProcess:
     )
 
 
+STOP_LIMIT = 60.0  # seconds a stopped command may take to finish what it was doing
+LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: a forked child only calls it
+PR_SET_PDEATHSIG = 1
+
+
+def tied_to_this_process(ignore_sigint: bool = False):
+    """For ``preexec_fn``: the child gets SIGTERM if the test process dies, however it dies
+    (even SIGKILL), and optionally ignores SIGINT as under nohup or a CI runner."""
+
+    def prepare() -> None:
+        LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if ignore_sigint:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return prepare
+
+
+class Running:
+    """``omi-manifest ARGS`` in a process group of its own, its output in pipes."""
+
+    def __init__(self, *args: str, ignore_sigint: bool = False, **popen) -> None:
+        self.process = subprocess.Popen(
+            [str(BIN / "omi-manifest"), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=command_env(),
+            start_new_session=True,
+            preexec_fn=tied_to_this_process(ignore_sigint),
+            **popen,
+        )
+        self.output: tuple[str, str] | None = None
+
+    def readline(self) -> str:
+        assert self.process.stdout is not None
+        return self.process.stdout.readline()
+
+    def stop(self) -> tuple[str, str]:
+        """SIGTERM (Ctrl-C's SIGINT may be ignored where tests run), reading both pipes
+        meanwhile so that a blocked write cannot keep it alive; its stdout and stderr."""
+        if self.output is None:
+            if self.process.poll() is None:
+                self.process.terminate()
+            try:
+                self.output = self.process.communicate(timeout=STOP_LIMIT)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.output = self.process.communicate()
+                raise AssertionError(f"still running {STOP_LIMIT:g} s after SIGTERM") from None
+        return self.output
+
+
+@contextmanager
+def running(*args: str, **options) -> Iterator[Running]:
+    """A command that is stopped however the test ends, with anything left in its group."""
+    command = Running(*args, **options)
+    try:
+        yield command
+    finally:
+        try:
+            command.stop()
+        finally:
+            with suppress(ProcessLookupError):
+                os.killpg(command.process.pid, signal.SIGKILL)
+
+
 def on_a_terminal(*args: str) -> tuple[int, bytes]:
-    """Run a command with its stderr on a pseudo-terminal; its exit status and what the
-    terminal showed (read while it runs, so a chatty command never blocks)."""
+    """Run a command with its stdout and stderr on a pseudo-terminal; its exit status and
+    what the terminal showed (read while it runs, so a chatty command never blocks)."""
     import pty
     import threading
 
@@ -120,7 +193,7 @@ def on_a_terminal(*args: str) -> tuple[int, bytes]:
     reader.start()
     process = subprocess.Popen(
         [str(BIN / "omi-manifest"), *args],
-        stdout=subprocess.DEVNULL,
+        stdout=follower,
         stderr=follower,
         env=command_env(),
     )

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import re
-import signal
 import subprocess
 import sys
-import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
 
 from chalicelib.local.samples import gzipped, qcow2_image
 from tests.cli.conftest import (
-    BIN,
     PROJECT,
-    command_env,
     omi,
     on_a_terminal,
+    running,
     wait_for,
 )
 
@@ -59,18 +60,21 @@ def test_status_url_and_resign_commands(store):
     assert url.startswith(f"{store.url}/{store.bucket}/manifests/api-server.json?X-Amz-Algorithm=")
     assert omi("url", "nothing-here", *bucket_args(store)).returncode == 1
     resigned = omi("resign", "--renew-before", "700000", *bucket_args(store))
-    assert "renewed: 1" in resigned.stdout
+    assert resigned.stdout.splitlines()[-1] == "1 manifest URL re-signed"
+    done = omi("status", "api-server", *bucket_args(store))
+    lines = done.stdout.splitlines()
+    assert lines[:3] == ["omi:       api-server", "state:     published", "snapshots: 1 of 1"]
+    assert lines[3:] == [
+        "manifest:  manifests/api-server.json",
+        lines[4],
+        "files:",
+        "  api-server/sda1.qcow2: published",
+    ]
+    assert re.fullmatch(r"url:       expires \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", lines[4]), lines[4]
 
 
 def test_run_poll_finds_new_files_and_stops_cleanly(store):
-    process = subprocess.Popen(
-        [str(BIN / "omi-manifest"), "run", "--poll", "0.5", *bucket_args(store)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=command_env(),
-    )
-    try:
+    with running("run", "--poll", "0.5", *bucket_args(store)) as run:
         store.put_object(
             Bucket=store.bucket, Key="polled/sda1.qcow2.gz", Body=gzipped(qcow2_image(GIB))
         )
@@ -82,10 +86,8 @@ def test_run_poll_finds_new_files_and_stops_cleanly(store):
         )
         store.delete_object(Bucket=store.bucket, Key="polled/sda1.qcow2.gz")
         wait_for(lambda: not tags_of(store, "manifests/polled.json"), what="withdrawal")
-    finally:
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=30)
-    assert process.returncode == 0, output
+        output, errors = run.stop()
+    assert run.process.returncode == 0, output + errors
     assert "stopping" in output
 
 
@@ -94,6 +96,14 @@ def test_demo_checks_out():
     assert done.returncode == 0, done.stdout + done.stderr
     assert "demo: every check passed" in done.stdout
     assert re.search(r"broken\s+1/1\s+error\s+-\s+file named .raw is a qcow2 image", done.stdout)
+
+
+def test_demo_log_format_json_keeps_stdout_pure_json():
+    done = omi("demo", "--log-format", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert {"web-server", "database"} <= {r.get("omi") for r in records if "change" in r}
+    assert done.stderr.splitlines()[-1] == "demo: every check passed"
 
 
 OUTSCALE_SAMPLE = """{
@@ -149,11 +159,16 @@ def test_inspect_progress_bar_only_on_a_terminal(tmp_path):
     path.write_bytes(gzipped(b"\0" * (64 << 20)))
     status, shown = on_a_terminal("inspect", str(path))
     assert status == 0
-    assert b"sizing raw.gz [##############################] 100%" in shown
+    assert re.search(rb"\rsizing raw\.gz \[#{30}\] 100%  [\d.]+ KiB of [\d.]+ KiB .*\n", shown)
+    assert b"\nfile:            " in shown  # the report starts on a line of its own
     piped = omi("inspect", str(path))
     assert "sizing" not in piped.stderr and piped.returncode == 0
+    assert f"bytes read:      {path.stat().st_size} bytes (" in piped.stdout
+    assert piped.stdout.count(" in 1 request\n") + piped.stdout.count(" requests\n") == 1
     as_json = omi("inspect", "--json", str(path))
-    assert as_json.stderr == "" and json.loads(as_json.stdout)["virtual_size"] == 64 << 20
+    found = json.loads(as_json.stdout)
+    assert as_json.stderr == "" and found["virtual_size"] == 64 << 20
+    assert found["bytes_read"] == path.stat().st_size  # each byte read once
 
 
 def test_importing_the_app_is_cheap():
@@ -203,51 +218,63 @@ def test_status_name_lists_every_problem_and_names_the_unnamed(store):
     assert table[2].endswith(" +1 more")
     done = omi("status", "multi", *bucket_args(store))
     assert done.returncode == 1
-    assert done.stdout.splitlines()[2:] == [
-        "",
-        "multi/sda1.raw: 2 problem(s)",
-        "  - unknown tag omi:devcie - known tags are omi: followed by name device ordering "
+    lines = done.stdout.splitlines()
+    assert lines[0] == "omi:       multi"
+    assert lines[1].startswith("state:     error - unknown tag omi:devcie")
+    assert lines[2:] == [
+        "snapshots: 1 of 1",
+        "manifest:  none published",
+        "url:       none",
+        "files:",
+        "  multi/sda1.raw: error, 2 problems",
+        "    - unknown tag omi:devcie - known tags are omi: followed by name device ordering "
         "volume-type iops delete-on-termination size snapshots architecture product-type "
         "description account import image-name",
-        "  - file named .raw is a qcow2 image - rename it to .qcow2",
+        "    - file named .raw is a qcow2 image - rename it to .qcow2",
     ]
 
 
-def test_run_workers_handles_events_at_once(tmp_path):
-    """Waits for run's own change lines, not for a deadline: a loaded machine is slow,
-    not wrong. Only a run stuck for ten minutes is stopped (and then fails)."""
-    process = subprocess.Popen(
-        [str(BIN / "omi-manifest"), "run", "--port", "0", "--workers", "3"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=command_env(),
-    )
-    stuck = threading.Timer(600, process.send_signal, args=(signal.SIGINT,))
-    stuck.start()
-    try:
+def test_run_workers_handles_events_at_once(store, tmp_path):
+    with running("run", "--port", "0", "--workers", "3") as run:
         intro = []
         while not intro or intro[-1] != "Changes, one line each:\n":
-            intro.append(process.stdout.readline())
+            intro.append(run.readline())
             assert intro[-1], "run stopped before it was ready"
         assert any("bucket events, 3 workers;" in line for line in intro)
         endpoint = re.search(r"endpoint: (\S+)", "".join(intro)).group(1)
+        disks = []
         for number in range(6):
             disk = tmp_path / f"disk{number}.qcow2"
             disk.write_bytes(qcow2_image(GIB))
+            disks.append(disk)
+
+        def put(number: int) -> int:
             folder = f"s3://omi-snapshots/omi-{number}/"
-            assert omi("put", "--endpoint-url", endpoint, str(disk), folder).returncode == 0
-        published: set[str] = set()
-        while len(published) < 6:
-            line = process.stdout.readline()
-            assert line, f"run stopped with only {sorted(published)} published"
-            published |= set(re.findall(r" (omi-\d): published", line))
-        status = omi("status", "--endpoint-url", endpoint, "--bucket", "omi-snapshots")
-        assert status.stdout.count(" published ") == 6, status.stdout
-    finally:
-        stuck.cancel()
-        process.send_signal(signal.SIGINT)
-        output, errors = process.communicate(timeout=300)
-    assert (process.returncode, errors) == (0, "")
+            return omi("put", "--endpoint-url", endpoint, str(disks[number]), folder).returncode
+
+        with ThreadPoolExecutor(max_workers=6) as uploaders:  # events that arrive together
+            assert list(uploaders.map(put, range(6))) == [0] * 6
+        status = ["status", "--endpoint-url", endpoint, "--bucket", "omi-snapshots"]
+        wait_for(lambda: omi(*status).stdout.count(" published ") == 6, what="six manifests")
+        output, errors = run.stop()
+    assert run.process.returncode == 0 and errors == ""
+    published = set(re.findall(r" (omi-\d): published", output))
     assert published == {f"omi-{n}" for n in range(6)}
-    assert "stopping" in output
+
+
+def test_run_stops_on_sigterm_where_sigint_is_ignored():
+    """As under nohup or a CI runner: Ctrl-C's signal is ignored, SIGTERM still stops it,
+    and nothing of it is left. With JSON logs, stdout is JSON only: the lines for a person
+    (the banner, `stopping`) are on stderr."""
+    with running("run", "--port", "0", "--log-format", "json", ignore_sigint=True) as run:
+        assert run.process.stderr is not None
+        while run.process.stderr.readline() not in ("Changes, one line each:\n", ""):
+            pass
+        output, errors = run.stop()
+    assert run.process.returncode == 0
+    assert errors == "stopping\n"
+    assert [json.loads(line)["service"] for line in output.splitlines()] == ["omi-manifest"] * len(
+        output.splitlines()
+    )
+    with pytest.raises(ProcessLookupError):
+        os.killpg(run.process.pid, 0)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from unittest import mock
 from urllib.parse import parse_qs, urlsplit
@@ -29,6 +29,7 @@ from tests.cli.conftest import (
     free_port,
     omi,
     on_a_terminal,
+    running,
     wait_for,
 )
 
@@ -59,21 +60,14 @@ def test_lines_run_prints_work_as_printed_and_its_output_is_readable(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     (tmp_path / "disk.qcow2").write_bytes(qcow2_image(GIB))
-    process = subprocess.Popen(
-        [str(BIN / "omi-manifest"), "run", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-        env=command_env(),
-    )
-    try:
+    with running("run", "--port", "0", cwd=tmp_path) as run:
         intro = []
         while not intro or intro[-1] != "Changes, one line each:\n":
-            intro.append(process.stdout.readline())
+            intro.append(run.readline())
             assert intro[-1], "run stopped before it was ready: " + "".join(intro)
         commands = [line.strip() for line in intro if "AWS_ACCESS_KEY_ID=" in line]
         put_line, aws_line, status_line = commands
+        assert [line.count("AWS_DEFAULT_REGION=eu-west-2 ") for line in commands] == [1, 1, 1]
         assert " put " in put_line and " s3 cp " in aws_line and " status " in status_line
 
         done = in_a_new_terminal(put_line, tmp_path, home)
@@ -120,10 +114,8 @@ def test_lines_run_prints_work_as_printed_and_its_output_is_readable(tmp_path):
         assert json.loads(fetch(rebuilt))["Image"]["Name"] == "app-server"
         url = omi("url", "app-server", "--endpoint-url", endpoint, "--bucket", "omi-snapshots")
         assert parse_qs(urlsplit(rebuilt).query) == parse_qs(urlsplit(url.stdout.strip()).query)
-    finally:
-        process.send_signal(signal.SIGINT)
-        output, errors = process.communicate(timeout=60)
-    assert process.returncode == 0
+        output, errors = run.stop()
+    assert run.process.returncode == 0
     changes = output.splitlines()
     published = [line for line in changes if " published manifests/" in line]
     assert [line.split(" ", 1)[1].split(" (expires")[0] for line in published] == [
@@ -139,7 +131,7 @@ def test_log_format_json_keeps_the_lambda_records(store):
     store.put_object(Bucket=store.bucket, Key="api/sda1.qcow2", Body=qcow2_image(GIB))
     bucket = ["--endpoint-url", store.url, "--bucket", store.bucket]
     done = omi("run", "--once", "--log-format", "json", *bucket)
-    records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    records = [json.loads(line) for line in done.stdout.splitlines()]  # nothing else
     assert any(r.get("change", "").startswith("api: published") for r in records)
     assert {"level", "message", "service", "timestamp"} <= set(records[0])
     store.put_object(Bucket=store.bucket, Key="api2/sda1.raw", Body=qcow2_image(GIB))
@@ -213,7 +205,12 @@ def test_put_shows_progress_only_on_a_terminal(local_run, tmp_path):
     at = ["--endpoint-url", settings.endpoint_url]
     status, shown = on_a_terminal("put", *at, str(disk), "s3://omi-snapshots/progress/")
     assert status == 0
-    assert b"progress/sda1.raw [##############################] 100%" in shown
+    # The final state (bytes, rate, time taken), then `uploaded` on a line of its own.
+    assert re.search(
+        rb"\rprogress/sda1\.raw \[#{30}\] 100%  16\.0 MiB of 16\.0 MiB  [\d.]+ [KMG]?i?B/s  "
+        rb"in \d+:\d\d\x1b\[K\r\nuploaded s3://omi-snapshots/progress/sda1\.raw\r\n",
+        shown,
+    ), shown[-300:]
     done = omi("put", *at, str(disk), "s3://omi-snapshots/progress-piped/")
     assert (done.returncode, done.stderr) == (0, "")
 
@@ -269,12 +266,39 @@ def store_without_notifications():
     server.server_close()
 
 
+def no_dns(folder):
+    """A folder whose ``sitecustomize`` makes every name but localhost fail to resolve, as on
+    a machine without a network: put on PYTHONPATH, a command run there reaches no one."""
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(
+        "import socket\n"
+        "resolve = socket.getaddrinfo\n"
+        "def local_only(host, *args, **kwargs):\n"
+        "    if host not in ('127.0.0.1', 'localhost', '::1'):\n"
+        "        raise socket.gaierror(socket.EAI_NONAME, 'Name or service not known')\n"
+        "    return resolve(host, *args, **kwargs)\n"
+        "socket.getaddrinfo = local_only\n"
+    )
+    return folder
+
+
 def mistakes(store, tmp_path, quiet_store, moto_port):
     binary = tmp_path / "disk.qcow2"
     binary.write_bytes(qcow2_image(GIB))
     missing = tmp_path / "nothing.qcow2"
     unreachable = f"http://127.0.0.1:{free_port()}"
     at = ["--endpoint-url", store.url]
+    nothing = tmp_path / "empty-aws-config"
+    nothing.write_text("")
+    offline = {"PYTHONPATH": str(no_dns(tmp_path / "offline"))}
+    no_credentials = {
+        "AWS_ACCESS_KEY_ID": "",
+        "AWS_SECRET_ACCESS_KEY": "",
+        "AWS_DEFAULT_REGION": "",
+        "AWS_CONFIG_FILE": str(nothing),
+        "AWS_SHARED_CREDENTIALS_FILE": str(nothing),
+        "AWS_EC2_METADATA_DISABLED": "true",  # no instance metadata service asked either
+    }
     return [
         (
             ["status", *at, "--bucket", "no-such-bucket"],
@@ -289,7 +313,22 @@ def mistakes(store, tmp_path, quiet_store, moto_port):
         (
             ["status", "--endpoint-url", unreachable, "--bucket", "b"],
             {},
-            f"cannot reach {unreachable} - is it running, and is the endpoint URL right?",
+            f"cannot reach {unreachable} - is it running, and is the endpoint right "
+            "(--endpoint-url or OMI_ENDPOINT_URL)?",
+        ),
+        (
+            # No endpoint: AWS, whose name does not resolve here (no traffic leaves).
+            ["put", str(binary), "s3://omi-snapshots/web-server/"],
+            offline,
+            "cannot reach https://omi-snapshots.s3.eu-west-2.amazonaws.com (AWS S3: no endpoint "
+            "was given) - for another store, give --endpoint-url URL or set OMI_ENDPOINT_URL",
+        ),
+        (
+            # No credentials and no region: the region lookup fails for want of credentials.
+            ["status", *at, "--bucket", store.bucket],
+            no_credentials,
+            "no AWS credentials - set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(or AWS_PROFILE) for the store",
         ),
         (
             ["status", "--endpoint-url", "127.0.0.1:9000", "--bucket", "b"],
@@ -358,14 +397,22 @@ def mistakes(store, tmp_path, quiet_store, moto_port):
 def test_every_mistake_is_one_line_and_exit_status_1(store, tmp_path, store_without_notifications):
     moto_port = int(store.url.rsplit(":", 1)[1])
     cases = mistakes(store, tmp_path, store_without_notifications, moto_port)
-    for args, env, message in cases:
-        done = subprocess.run(
+
+    def attempt(case) -> subprocess.CompletedProcess:
+        args, env, _ = case
+        return subprocess.run(
             [str(BIN / "omi-manifest"), *args],
             capture_output=True,
             text=True,
             timeout=300,
             env=command_env(**env),
         )
+
+    # Independent commands, several at a time: most of their time is waiting (start-up,
+    # retries against an endpoint that is not there).
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(attempt, cases))
+    for (args, _, message), done in zip(cases, results, strict=True):
         assert (done.returncode, done.stderr) == (1, f"omi-manifest: {message}\n"), args
 
 

@@ -147,8 +147,9 @@ def test_bad_file_blocks_only_its_omi(omi, samples):
         (
             [("xyz/sda.qcow2", {}), ("xyz/sdb.qcow2", {})],
             "xyz/sdb.qcow2",
-            "error: xyz has 2 snapshots but omi:snapshots says 1 - "
-            "remove one or set omi:snapshots to 2",
+            "error: xyz has 2 snapshots but none has omi:snapshots - tag each "
+            "omi:snapshots=2 and its omi:device - /dev/sda1 for the boot disk - or upload them "
+            "with omi-manifest put",
         ),
         (
             [("xyz/disk.qcow2", {"omi:snapshots": "2"})],

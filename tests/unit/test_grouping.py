@@ -109,3 +109,19 @@ def test_one_bad_member_blocks_the_others():
         "w/a": "error: OMI web is blocked by w/b: p1 +1 more",
         "w/b": "error: p1 +1 more",
     }
+
+
+def test_untagged_files_that_disagree_blame_the_missing_count_first():
+    """Two files uploaded untagged both default to /dev/sda1; the cause is the missing
+    omi:snapshots, and the message names every tag to set, in one round."""
+    plan = plan_group("db-server", [member("d/root.qcow2"), member("d/data.raw")], Defaults())
+    assert set(plan.statuses.values()) == {
+        "error: db-server has 2 snapshots but none has omi:snapshots - tag each "
+        "omi:snapshots=2 and its omi:device - /dev/sda1 for the boot disk - or upload them "
+        "with omi-manifest put"
+    }
+    counted = [member("d/a", "/dev/sda1", snapshots="1"), member("d/b", "/dev/sdb")]
+    assert plan_group("db-server", counted, Defaults()).statuses["d/a"] == (
+        "error: db-server has 2 snapshots but omi:snapshots says 1 - remove one or set "
+        "omi:snapshots to 2"
+    )
