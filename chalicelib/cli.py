@@ -512,10 +512,14 @@ def build_parser() -> argparse.ArgumentParser:
     url.set_defaults(handler=cmd_url)
 
     imports = commands.add_parser(
-        "import", help="start the import of a published OMI into OUTSCALE, or re-check it now"
+        "import",
+        help="start the import of a published OMI into OUTSCALE, or re-check it now",
+        description="Start the import of a published OMI into OUTSCALE (CreateImage from its "
+        "manifest's URL), or read the state of its pending import now; the import must be on "
+        "(OMI_IMPORT=true, or omi:import=true on one of its snapshots).",
     )
     _bucket_options(imports)
-    imports.add_argument("name")
+    imports.add_argument("name", help="the OMI's name")
     imports.set_defaults(handler=cmd_import)
 
     validate = commands.add_parser(

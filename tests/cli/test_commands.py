@@ -60,13 +60,14 @@ def test_status_url_and_resign_commands(store):
     assert url.startswith(f"{store.url}/{store.bucket}/manifests/api-server.json?X-Amz-Algorithm=")
     assert omi("url", "nothing-here", *bucket_args(store)).returncode == 1
     resigned = omi("resign", "--renew-before", "700000", *bucket_args(store))
-    assert resigned.stdout.splitlines()[-1] == "1 manifest URL re-signed"
+    assert "1 manifest URL re-signed" in resigned.stdout.splitlines()
     done = omi("status", "api-server", *bucket_args(store))
     lines = done.stdout.splitlines()
     assert lines[:3] == ["omi:       api-server", "state:     published", "snapshots: 1 of 1"]
     assert lines[3:] == [
         "manifest:  manifests/api-server.json",
         lines[4],
+        "image:     none",
         "files:",
         "  api-server/sda1.qcow2: published",
     ]
@@ -95,7 +96,9 @@ def test_demo_checks_out():
     done = omi("demo")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "demo: every check passed" in done.stdout
-    assert re.search(r"broken\s+1/1\s+error\s+-\s+file named .raw is a qcow2 image", done.stdout)
+    assert re.search(
+        r"broken\s+1/1\s+error\s+-\s+-\s+file named .raw is a qcow2 image", done.stdout
+    )
 
 
 def test_demo_log_format_json_keeps_stdout_pure_json():
@@ -225,6 +228,7 @@ def test_status_name_lists_every_problem_and_names_the_unnamed(store):
         "snapshots: 1 of 1",
         "manifest:  none published",
         "url:       none",
+        "image:     none",
         "files:",
         "  multi/sda1.raw: error, 2 problems",
         "    - unknown tag omi:devcie - known tags are omi: followed by name device ordering "

@@ -38,11 +38,21 @@ class FakeStore:
         self.reached["tags of"] = key
         return URL_TAGS
 
+    def read_group(self, name: str) -> str:
+        self.reached["group read"] = name
+        return name
+
 
 @dataclass
 class FakePipeline:
     store: FakeStore
     settings: Any
+
+    def fenced(self, group: str) -> bool:
+        return True  # the manifest is current: url reads its tags
+
+    def decide(self, group: str) -> None:
+        return None  # import: nothing published to import (the command says so)
 
 
 @pytest.fixture
@@ -93,7 +103,7 @@ def reached(monkeypatch, tmp_path) -> Reached:
 
     monkeypatch.setattr(demo, "run_demo", run_demo)
 
-    def statuses(store, defaults, name=None):
+    def statuses(pipeline, name=None):
         found["status of"] = name
         return []
 
@@ -316,6 +326,21 @@ ROWS = [
         "other",
     ),
     Row("url", "name", ["url", "web"], lambda f: f["tags of"], "manifests/web.json"),
+    Row("import", "name", ["import", "web"], lambda f: f["group read"], "web"),
+    Row(
+        "import",
+        "--endpoint-url",
+        ["import", "web", "--endpoint-url", ENDPOINT],
+        lambda f: f["settings"].endpoint_url,
+        ENDPOINT,
+    ),
+    Row(
+        "import",
+        "--bucket",
+        ["import", "web", "--bucket", "other"],
+        lambda f: f["settings"].bucket,
+        "other",
+    ),
     Row(
         "validate",
         "file",
@@ -406,7 +431,8 @@ def test_help_describes_every_command_and_argument():
         (
             ["stauts"],
             "omi-manifest: error: argument command: invalid choice: 'stauts' (choose from "
-            "'put', 'inspect', 'resign', 'run', 'demo', 'status', 'url', 'validate') - "
+            "'put', 'inspect', 'resign', 'run', 'demo', 'status', 'url', 'import', "
+            "'validate') - "
             "did you mean status?",
         ),
         (

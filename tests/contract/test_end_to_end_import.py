@@ -13,6 +13,7 @@ from tests import images
 from tests.cli.conftest import CREDENTIALS, omi, wait_for
 
 GIB = 1 << 30
+BUCKET = "import-e2e"
 
 
 @pytest.fixture
@@ -32,7 +33,9 @@ def importing_run(prism_servers, fake_outscale):
             "OSC_ENDPOINT_API": prism_servers["proxy"],
         }.items():
             env.setenv(name, value)
-        local = LocalRun(RunOptions(port=0, follow=0.5), say=lambda _: None)
+        # A bucket of its own: moto's buckets are the process's, and other tests of this
+        # worker process may have run an embedded server with the default one.
+        local = LocalRun(RunOptions(port=0, follow=0.5, bucket=BUCKET), say=lambda _: None)
         settings = local.start()
         serving = threading.Thread(target=local.serve, args=(settings,))
         serving.start()
@@ -47,7 +50,7 @@ def test_put_wait_then_imported(importing_run, fake_outscale, tmp_path):
     disk = images.create(tmp_path / "root.qcow2", "qcow2", GIB)
     done = omi(
         "put", "--endpoint-url", settings.endpoint_url, "--wait", str(disk),
-        "s3://omi-snapshots/web-server/",
+        f"s3://{BUCKET}/web-server/",
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "/manifests/web-server.json?" in done.stdout.splitlines()[-1]
@@ -61,6 +64,8 @@ def test_put_wait_then_imported(importing_run, fake_outscale, tmp_path):
         what="the import followed to available",
     )
     assert tags("manifests/web-server.json")["omi:image-state"] == "available"
-    status = omi("status", "web-server", "--endpoint-url", settings.endpoint_url)
-    assert f"image: {image_id} available" in status.stdout
+    status = omi(
+        "status", "web-server", "--endpoint-url", settings.endpoint_url, "--bucket", BUCKET
+    )
+    assert f"image:     {image_id} available" in status.stdout.splitlines()
     assert fake_outscale.count("CreateImage") == 1

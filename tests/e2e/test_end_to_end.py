@@ -120,5 +120,5 @@ def test_scheduled_handler_and_resign_command_renew(live, samples, capsys):
         ["resign", "--endpoint-url", live.url, "--bucket", live.bucket, "--renew-before", "700000"]
     )
     assert code == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "1 manifest URL re-signed"
+    assert "1 manifest URL re-signed" in capsys.readouterr().out.splitlines()
     check_published(live, "renewed", {"renewed/sda1.qcow2": samples["qcow2"]})
