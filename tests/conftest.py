@@ -90,3 +90,14 @@ def captured_logs():
     previous = handler.setStream(buffer)
     yield buffer
     handler.setStream(previous)
+
+
+@pytest.fixture(scope="module")
+def embedded_server():
+    """The embedded server itself (its request counts, its event queues), for one module."""
+    from chalicelib.local.server import EmbeddedServer
+
+    embedded = EmbeddedServer()
+    embedded.start()
+    yield embedded
+    embedded.stop()

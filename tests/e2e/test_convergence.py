@@ -50,8 +50,8 @@ UPLOADERS = 4
 WORKERS = 3
 PACE = 4  # deliveries an uploader lets happen between two of its steps, at most
 DUPLICATES = 0.25  # share of notifications delivered twice
-CRASHES = 0.15  # share of first deliveries whose invocation dies before some S3 call
-LATEST_CRASH = 30  # ... before a call from the first to this one
+CRASH_EVERY = 6  # every 6th first delivery's invocation dies before some S3 call:
+LATEST_CRASH = 30  # the first, every fourth time (so some die whatever they do), else a later one
 WINDOW_REQUESTS = 4 * 3  # pipeline requests between a re-read of tags and their write: "close"
 RETRIES = 2  # a failed asynchronous invocation is retried twice, as Lambda does
 IDLE = 0.02  # seconds an idle worker waits for work to arrive (pacing, not synchronisation)
@@ -318,6 +318,7 @@ class Platform:
         self.handler = handler
         self.rng = rng
         self.crashes = Crashes(runtime.pipeline())
+        self.first_deliveries = 0
         self.pending: list[tuple[dict[str, Any], int]] = []
         self.busy = 0
         self.delivered = 0
@@ -361,8 +362,12 @@ class Platform:
                     return
                 event, attempt = self.pending.pop(self.rng.randrange(len(self.pending)))
                 self.busy += 1
-                if attempt == 0 and self.rng.random() < CRASHES:
-                    self.crashes.arm(self.rng.randint(1, LATEST_CRASH))
+                if attempt == 0:
+                    self.first_deliveries += 1
+                    if self.first_deliveries % CRASH_EVERY == 1:
+                        armed = self.first_deliveries // CRASH_EVERY
+                        at = 1 if armed % 4 == 0 else self.rng.randint(2, LATEST_CRASH)
+                        self.crashes.arm(at)
             try:
                 self.handler(event)
             except Killed:  # the platform delivers the event again

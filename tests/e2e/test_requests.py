@@ -36,11 +36,8 @@ _buckets = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
-def server():
-    embedded = EmbeddedServer()
-    embedded.start()
-    yield embedded
-    embedded.stop()
+def server(embedded_server):
+    return embedded_server
 
 
 def pipeline_for(server: EmbeddedServer, bucket: str) -> Pipeline:

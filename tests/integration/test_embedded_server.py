@@ -28,11 +28,8 @@ _buckets = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
-def server():
-    embedded = EmbeddedServer()
-    embedded.start()
-    yield embedded
-    embedded.stop()
+def server(embedded_server):
+    return embedded_server
 
 
 def client(server: EmbeddedServer, key: str, service: str = "s3"):
