@@ -296,6 +296,35 @@ SCENARIOS = {
         ),
         ("app/sda1.qcow2", "ObjectTagging:Put"),
     ),
+    "bad-file-deleted": Scenario(
+        steps(
+            drop("app/sda1.raw", source="vmdk", **TWO),
+            drop("app/sdb.qcow2", **TWO),
+            user(lambda b, s: b.delete("app/sda1.raw")),
+        ),
+        ("app/sda1.raw", "ObjectRemoved:Delete"),
+    ),
+    "disagreeing-image-tags": Scenario(
+        steps(
+            drop("xyz/sda1.qcow2", omi_snapshots="3", omi_architecture="x86_64"),
+            user(
+                lambda b, s: b.put(
+                    "xyz/sdb.qcow2",
+                    s["qcow2"],
+                    {"omi:snapshots": "3", "omi:architecture": "i386"},
+                )
+            ),
+        ),
+        ("xyz/sdb.qcow2", "ObjectCreated:Put"),
+    ),
+    "invalid-iops": Scenario(
+        user(
+            lambda b, s: b.put(
+                "web/sda1.qcow2", s["qcow2"], {"omi:volume-type": "io1", "omi:iops": "5"}
+            )
+        ),
+        ("web/sda1.qcow2", "ObjectCreated:Put"),
+    ),
 }
 
 
