@@ -203,12 +203,13 @@ def test_status_does_not_say_published_once_the_manifest_is_deleted_by_hand(scen
 
 @dataclass(frozen=True)
 class Scenario:
-    """The user's steps before, one invocation (the one that is killed), then what the
-    user does after. Each step is run on a bucket by a healthy worker, one at a time."""
+    """The user's steps before, one invocation (the one that is killed), and what happens
+    before its event comes again: the user's next step and its event, handled by another
+    invocation. Each step is run on a bucket by a healthy worker, one at a time."""
 
     before: Callable[[Scene, dict, Worker], None]
     victim: tuple[str, str]  # key, event
-    after: Callable[[Scene, dict, Worker], None] = lambda *_: None
+    meanwhile: Callable[[Scene, dict, Worker], None] = lambda *_: None
 
 
 def drop(*keys: str, source: str = "qcow2", **tags: str):
@@ -317,6 +318,29 @@ SCENARIOS = {
         ),
         ("xyz/sdb.qcow2", "ObjectCreated:Put"),
     ),
+    "tagged-while-inspected": Scenario(
+        user(lambda b, s: b.put("web/sda1.raw.gz", s["raw.gz"])),
+        ("web/sda1.raw.gz", "ObjectCreated:Put"),
+        steps(
+            user(lambda b, s: b.retag("web/sda1.raw.gz", {"omi:description": "later"})),
+            lambda b, s, worker: worker.deliver("web/sda1.raw.gz", "ObjectTagging:Put"),
+        ),
+    ),
+    "replaced-while-evaluated": Scenario(
+        steps(
+            drop("app/sda1.qcow2", "app/sdb.qcow2", **TWO),
+            user(
+                lambda b, s: b.retag(
+                    "app/sda1.qcow2", {"omi:snapshots": "2", "omi:description": "retagged"}
+                )
+            ),
+        ),
+        ("app/sda1.qcow2", "ObjectTagging:Put"),
+        steps(
+            user(lambda b, s: b.put("app/sdb.qcow2", s["qcow2-2g"], {"omi:snapshots": "2"})),
+            lambda b, s, worker: worker.deliver("app/sdb.qcow2", "ObjectCreated:Put"),
+        ),
+    ),
     "invalid-iops": Scenario(
         user(
             lambda b, s: b.put(
@@ -363,10 +387,11 @@ def run_scenario(bucket: Scene, samples: dict, scenario: Scenario, kill_at: int 
     with contextlib.suppress(Killed):
         victim.deliver(key, event)
     made = len(victim.hooks.calls)
+    other = bucket.worker()
+    scenario.meanwhile(bucket, samples, other)
     retry = bucket.worker()
     retry.deliver(key, event)  # the platform delivers the event again
-    retry.deliver_echoes(victim)
-    scenario.after(bucket, samples, retry)
+    retry.deliver_echoes(victim, other)
     return made
 
 
