@@ -129,3 +129,36 @@ def test_console_line_is_the_change(captured_logs):
 def test_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="unknown event kind done"):
         Event("done", "web")
+
+
+def test_the_pipeline_announces_a_drop_a_rejection_and_a_withdrawal(bus_queue, samples):
+    """The same bus, fed by the pipeline itself: what a rule on it sees of a user's day."""
+    from chalicelib.config import Settings
+    from tests.integration.test_interleavings import Scene
+
+    _, received = bus_queue
+    scene = Scene(boto3.client("s3", region_name="eu-west-2"))
+    settings = Settings(
+        bucket=scene.bucket,
+        region="eu-west-2",
+        public_endpoint_url="https://oos.eu-west-2.outscale.com",
+        event_bus=BUS,
+    )
+    worker = scene.worker(settings)
+    scene.put("web/sda1.qcow2", samples["qcow2"])
+    worker.deliver("web/sda1.qcow2")
+    scene.put("bad/sda1.raw", samples["vmdk"])
+    worker.deliver("bad/sda1.raw")
+    scene.delete("web/sda1.qcow2")
+    worker.deliver("web/sda1.qcow2", "ObjectRemoved:Delete")
+    arrived = received()
+    assert [(e["detail-type"], e["detail"]["omi"]) for e in arrived] == [
+        ("published", "web"),
+        ("rejected", "bad"),
+        ("withdrawn", "web"),
+    ]
+    published, rejected, withdrawn = (e["detail"] for e in arrived)
+    assert published["manifest_key"] == withdrawn["manifest_key"] == "manifests/web.json"
+    assert published["digest"] and published["expires"]
+    assert "VMDK" in rejected["reason"] or "vmdk" in rejected["reason"]
+    assert received() == []  # each event arrives once
