@@ -69,10 +69,14 @@ def logger_as_imported():
     """Each test starts with the logger as Lambda has it (JSON, no filter): ``cli.main``,
     which some tests call in-process, turns the shared handler into a console one for the
     rest of the process (``observability.use_console``) and would leak into later tests."""
+    from chalicelib import observability
+
     handler = logger.registered_handler
     formatter, filters, stream = handler.formatter, list(handler.filters), handler.stream
     metrics_disabled = os.environ.get("POWERTOOLS_METRICS_DISABLED")
+    console = observability._Console.active  # no metric is collected for a person
     yield
+    observability._Console.active = console
     handler.setFormatter(formatter)
     handler.filters[:] = filters
     handler.setStream(stream)
