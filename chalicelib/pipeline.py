@@ -17,7 +17,8 @@ import hashlib
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from hashlib import sha256
@@ -57,6 +58,52 @@ KNOWN_RECORDS = 20_000  # member records kept in memory: a record never changes 
 CHANGED = ("412", "PreconditionFailed", "404", "NoSuchKey")
 CACHE_LOCK = threading.Lock()  # a local run's workers share one pipeline
 
+
+@dataclass
+class Turn:
+    """One OMI's evaluations in this process: they take turns, and one that began after
+    another was asked for, and wrote every status, makes the other's work redundant."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    waiting: int = 0
+    started: int = 0  # evaluations begun so far
+    covered: int = 0  # the begin number of the latest one that wrote every status
+
+
+class Turns:
+    """Evaluations of one OMI take turns within a process (a local run's workers share
+    one pipeline): a second would only redo the first's writes, and one asked for while
+    another runs is skipped when a later one covered it. Across processes (Lambda
+    environments) nothing is shared; the fence and re-listing keep races correct there."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._turns: dict[str, Turn] = {}
+
+    @contextmanager
+    def of(self, name: str) -> Iterator[tuple[bool, Callable[[], None]]]:
+        """Waits for the OMI's turn; yields whether an evaluation that began after this
+        call wrote every status meanwhile, and how to say that this one did."""
+        with self._lock:
+            turn = self._turns.setdefault(name, Turn())
+            turn.waiting += 1
+            asked = turn.started
+        try:
+            with turn.lock:
+                turn.started += 1
+                begun = turn.started
+
+                def cover() -> None:
+                    turn.covered = begun
+
+                yield turn.covered > asked, cover
+        finally:
+            with self._lock:
+                turn.waiting -= 1
+                if not turn.waiting:
+                    del self._turns[name]
+
+
 Clock = Callable[[], datetime]
 KeysProvider = Callable[[], signing.SigningKeys]
 
@@ -80,6 +127,11 @@ class StillChanging(RuntimeError):
 
 class Postponed(RuntimeError):
     """Not enough time left in this invocation to size a raw.gz: the next one does it."""
+
+
+class PublishedByAnother(RuntimeError):
+    """Another worker published this very content first: its evaluation writes the
+    statuses (and lists again after, or its event is delivered again if it dies)."""
 
 
 class ContentChanged(RuntimeError):
@@ -143,6 +195,7 @@ class Pipeline:
     outscale: outscale.OutscaleApi | None = None  # made from the settings on first use
     announcer: Announcer | None = None  # made from the settings on first use
     import_reasons: dict[str, str] = field(default_factory=dict)  # failed image: StateComment
+    turns: Turns = field(default_factory=Turns)
 
     # --- events ----------------------------------------------------------------
 
@@ -229,9 +282,9 @@ class Pipeline:
 
     def settled(self, facts: Facts, filed: Filed) -> bool:
         """The object is recorded as its facts say and announced nowhere else, its OMI
-        needs no write, and its status is the one its OMI gives (every evaluation writes the status
-        of the object it was started for last, so a current status means the others were
-        written too)."""
+        needs no write, and every member's status is the one its OMI gives: its own first
+        (no request), then the others' (an invocation that died between two status
+        writes may have left a stale one that nobody else would correct)."""
         target = facts.group
         if filed.groups - {target}:
             return False  # it left a group, lately: that group is evaluated again
@@ -244,10 +297,16 @@ class Pipeline:
         if len(mine) != 1 or not facts.recorded_by(mine[0]) or group.duplicated():
             return False
         decision = self.decide(group)
-        return (
-            decision is not None
-            and decision.action == "keep"
-            and decision.statuses.get(facts.key) == facts.tags.get(convention.STATUS)
+        if decision is None or decision.action != "keep":
+            return False
+        statuses = decision.statuses
+        if not _shows(facts.tags, statuses.get(facts.key), mine[0].tags):
+            return False
+        recorded = self._recorded_tags(group)
+        return all(
+            _shows(self.store.tags(key), status, recorded.get(key))
+            for key, status in sorted(statuses.items())
+            if key != facts.key
         )
 
     def _apply(self, facts: Facts, filed: Filed, tags_only: bool = False) -> bool:
@@ -444,40 +503,56 @@ class Pipeline:
         Returns the members whose user tags no longer match their record (a tag change
         whose processing is still to come).
 
-        A round after one that wrote statuses rewrites only those it wrote (and
-        ``last``): they may be stale; every other status is its writer's to check, as
-        each writer lists again after writing. A round that publishes or withdraws
-        writes them all.
+        A round after one that wrote statuses rewrites only those it wrote whose value
+        the new listing changes: they may be stale; every other status is its writer's
+        to check, as each writer lists again after writing (a writer that dies leaves
+        its event to be delivered again, and ``settled`` reads every status). A round
+        that publishes or withdraws writes them all. A worker that loses the race to
+        publish the same records leaves the statuses to the winner.
         """
-        mine: set[str] | None = None  # statuses this evaluation wrote; None: check all
-        lost = None
+        with self.turns.of(name) as (covered, cover):
+            if covered and not resign:
+                return set()
+            drifted, complete = self._evaluate(name, last, resign)
+            if complete:
+                cover()
+            return drifted
+
+    def _evaluate(self, name: str, last: str | None, resign: bool) -> tuple[set[str], bool]:
+        """``evaluate``'s rounds; also whether every status is now written (nothing
+        drifted, nothing left to the worker that published)."""
+        mine: dict[str, str] | None = None  # statuses this evaluation wrote; None: check all
+        group = self.store.read_group(name)
         for _ in range(ROUNDS):
-            group = self.store.read_group(name)
             if group.duplicated():
                 self._settle_duplicates(group)
+                group = self.store.read_group(name)
                 continue
             decision = self.decide(group, resign)
             if decision is None:
+                group = self.store.read_group(name)
                 continue  # a record went away between listing and reading: list again
-            if decision.action == "import" and (
-                decision.digest == lost or self._publisher_importing(decision)
-            ):
-                return set()  # its publisher imports it (or, if it dies, the retry or the check)
-            wrote = self._carry_out(group, decision)
+            if decision.action == "import" and self._publisher_importing(decision):
+                return set(), False  # its publisher imports it (or, if it dies, the retry)
+            try:
+                wrote = self._carry_out(group, decision)
+            except PublishedByAnother:
+                return set(), False
             if wrote is None:
-                lost = decision.digest
-                continue  # another worker published first: see what it published
+                group = self.store.read_group(name)
+                continue  # another worker published other records first: evaluate again
             resign = False
             statuses = decision.statuses
             if mine is not None and not wrote:
-                statuses = {k: v for k, v in statuses.items() if k in mine or k == last}
+                statuses = {k: v for k, v in statuses.items() if k in mine and mine[k] != v}
             drifted, written = self._write_statuses(group, statuses, last)
             if not (wrote or written):
-                return drifted
-            mine = (mine or set()) | written
+                return drifted, not drifted
+            mine = (mine or {}) | {key: statuses[key] for key in written}
             after = self.store.read_group(name)
             if _members(after) == _members(group):
-                return drifted
+                return drifted, not drifted
+            group = after
             logger.info("group changed while it was evaluated", extra={"omi": name})
         raise StillChanging(f"OMI {name} changed on every one of {ROUNDS} listings")
 
@@ -610,7 +685,7 @@ class Pipeline:
         hint = self.store.publication_key(image.name, digest, expires_at, _md5(body))
         self.store.write_publication(hint)
         if not self.store.put_manifest(target, body, tags, digest, expires_at, head):
-            logger.info("another worker published first", extra={"omi": image.name})
+            self._lost(target, digest, hint, _md5(body))
             return None
         for earlier in group.publications:
             if earlier.state_key != hint:
@@ -631,6 +706,18 @@ class Pipeline:
         self.announce(Event(kind, image.name, bucket, target, digest, expires=shown))
         status = convention.status_published(target)
         return {s.key: status for s in image.snapshots}
+
+    def _lost(self, target: str, digest: str, hint: str, md5: str) -> None:
+        """After a conditional write lost: when the manifest that won is of the same records,
+        take back this worker's hint (unless the two bodies, hence hints, are one) and leave
+        the statuses to the winner. Anything else is evaluated again."""
+        head = self.store.manifest_head(target)
+        if head is None or head.digest != digest:
+            return
+        if head.etag != md5:
+            self.store.delete_record(hint)
+        logger.info("another worker published first", extra={"manifest": target})
+        raise PublishedByAnother(target)
 
     def _tidy(self, group: Group, head: ManifestHead | None, digest: str) -> None:
         """The manifest is current; its hint is written if missing (a publisher that lost
@@ -704,11 +791,7 @@ class Pipeline:
         last. A status is never written on a member whose user tags no longer match its
         record: it moved, or is about to, and its own processing decides it. Returns
         those members, and the members whose status was written."""
-        recorded = {}
-        for marker in group.markers:
-            member = self.member(marker)
-            if member is not None:
-                recorded[member.key] = marker.tags
+        recorded = self._recorded_tags(group)
         drifted, wrote, errors = set(), set(), []
         for key in sorted(statuses, key=lambda k: (k == last, k)):
             status = statuses[key]
@@ -739,6 +822,15 @@ class Pipeline:
             rejected = Event("rejected", group.name, self.settings.bucket, reason=reason)
             self.announce(rejected, lines=False)  # each snapshot's error line says it
         return drifted, wrote
+
+    def _recorded_tags(self, group: Group) -> dict[str, str]:
+        """Each member's user tags (their hash) as its record says."""
+        recorded = {}
+        for marker in group.markers:
+            member = self.member(marker)
+            if member is not None:
+                recorded[member.key] = marker.tags
+        return recorded
 
     def _wrote(self, key: str, tags: dict[str, str]) -> None:
         """Remember the tag set this process wrote last, to know its echo by one read."""
@@ -923,6 +1015,17 @@ def _members(group: Group) -> frozenset[tuple[str, str]]:
 
 def _tags_digest(tags: dict[str, str]) -> str:
     return tags_hash(dict(tags))
+
+
+def _shows(tags: dict[str, str] | None, status: str | None, recorded: str | None) -> bool:
+    """Whether an object shows the status an evaluation would write on it, or would
+    not have it written: the object is gone, its user tags moved on from its record (its
+    own processing decides), or it has 10 tags already."""
+    if tags is None or tags.get(convention.STATUS) == status:
+        return True
+    if tags_hash(convention.user_tags(tags)) != recorded:
+        return True
+    return convention.STATUS not in tags and len(tags) >= convention.MAX_TAGS
 
 
 def _url_tags(tags: dict[str, str]) -> dict[str, str]:

@@ -285,9 +285,11 @@ def pipelines_own(event: dict[str, Any]) -> bool:
 class Crashes:
     """Kills the invocation running in this thread before its n-th S3 call, when armed."""
 
-    def __init__(self, pipeline: Any) -> None:
+    def __init__(self) -> None:
         self.local = threading.local()
         self.killed = 0
+
+    def watch(self, pipeline: Any) -> None:
         for client in {
             id(c): c for c in (pipeline.store.client, pipeline.store.tag_client)
         }.values():
@@ -309,6 +311,26 @@ class Crashes:
             raise Killed("killed by the test")
 
 
+class Environments:
+    """The handler's pipeline, one per worker thread: each Lambda environment builds its
+    own, so workers share no cache and no turn (a local run's workers would share both)."""
+
+    def __init__(self, build: Any, crashes: Crashes) -> None:
+        self.build = build
+        self.crashes = crashes
+        self.local = threading.local()
+
+    def __call__(self) -> Any:
+        made = getattr(self.local, "pipeline", None)
+        if made is None:
+            made = self.local.pipeline = self.build()
+            self.crashes.watch(made)
+        return made
+
+    def cache_clear(self) -> None:
+        self.local = threading.local()
+
+
 class Platform:
     """Takes the bucket's notifications from its queue and hands them to ``WORKERS``
     concurrent invocations of the handler, some twice, in a shuffled order."""
@@ -317,7 +339,9 @@ class Platform:
         self.bucket = bucket
         self.handler = handler
         self.rng = rng
-        self.crashes = Crashes(runtime.pipeline())
+        self.crashes = Crashes()
+        environments = Environments(runtime.pipeline.__wrapped__, self.crashes)
+        bucket.monkeypatch.setattr(runtime, "pipeline", environments)
         self.first_deliveries = 0
         self.pending: list[tuple[dict[str, Any], int]] = []
         self.busy = 0

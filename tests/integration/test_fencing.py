@@ -184,6 +184,40 @@ def test_workers_publishing_in_lockstep_write_one_manifest(scene, samples):
     ]
     assert written == [("manifests/one.json", "ObjectCreated:Put")]
     assert scene.status(key) == published("one")
+    listed = scene.s3.list_objects_v2(Bucket=scene.bucket, Prefix=".omi-state/groups/one/")
+    hints = [item["Key"] for item in listed["Contents"] if "/~published@" in item["Key"]]
+    assert len(hints) == 1, "the loser took back its own hint"
+
+
+@pytest.mark.parametrize("retried_in", ["the same environment", "another environment"])
+def test_a_worker_that_dies_after_writing_a_stale_status_leaves_none(scene, samples, retried_in):
+    """The victim (sdb's event) decides "2 of 3" and is held before its first status
+    write while another worker records sdc and publishes; the victim then writes sda1's
+    stale "waiting" status and dies before writing its own. Its own status is current
+    (the publisher wrote it), so only a check of every member shows the stale one: the
+    event delivered again must correct it, with no pass."""
+    keys = ("app/sda1.qcow2", "app/sdb.qcow2", "app/sdc.qcow2")
+    setup = scene.worker()
+    scene.put(keys[0], samples["qcow2"], {"omi:snapshots": "3"})
+    setup.deliver(keys[0])
+    for key in keys[1:]:
+        scene.put(key, samples["qcow2"], {"omi:snapshots": "3"})
+    victim, other = scene.worker(), scene.worker()
+
+    def meanwhile() -> None:
+        other.deliver(keys[2])
+        assert scene.statuses(*keys) == dict.fromkeys(keys, published("app"))
+        victim.hooks.kill_at = len(victim.hooks.calls) + 1  # after the held write
+
+    with contextlib.suppress(Killed):
+        paused_run(
+            lambda: victim.deliver(keys[1]), victim.hooks, on("PutObjectTagging"), 1, meanwhile
+        )
+    assert scene.status(keys[0]) == waiting(2, 3, "app")  # the stale write landed
+    retry = victim if retried_in == "the same environment" else scene.worker()
+    retry.deliver(keys[1])  # the platform delivers the event again
+    retry.deliver_echoes(victim, other, setup)
+    assert scene.statuses(*keys) == dict.fromkeys(keys, published("app"))
 
 
 def test_status_does_not_say_published_once_the_manifest_is_deleted_by_hand(scene, samples):
