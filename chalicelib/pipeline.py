@@ -500,8 +500,8 @@ class Pipeline:
 
         ``last`` is the member whose status is written last (the object the invocation
         is for). ``resign`` publishes anew even if the manifest is current (renewal).
-        Returns the members whose user tags no longer match their record (a tag change
-        whose processing is still to come).
+        Returns the members seen, in any round, with user tags that no longer match
+        their record (a tag change whose processing is still to come).
 
         A round after one that wrote statuses rewrites only those it wrote whose value
         the new listing changes: they may be stale; every other status is its writer's
@@ -520,8 +520,9 @@ class Pipeline:
 
     def _evaluate(self, name: str, last: str | None, resign: bool) -> tuple[set[str], bool]:
         """``evaluate``'s rounds; also whether every status is now written (nothing
-        drifted, nothing left to the worker that published)."""
+        drifted in any round, nothing left to another worker)."""
         mine: dict[str, str] | None = None  # statuses this evaluation wrote; None: check all
+        drifted: set[str] = set()  # seen in any round: their processing is still to come
         group = self.store.read_group(name)
         for _ in range(ROUNDS):
             if group.duplicated():
@@ -533,11 +534,12 @@ class Pipeline:
                 group = self.store.read_group(name)
                 continue  # a record went away between listing and reading: list again
             if decision.action == "import" and self._publisher_importing(decision):
-                return set(), False  # its publisher imports it (or, if it dies, the retry)
+                # Its publisher imports it (or, if it dies, the retry).
+                return drifted | self._drifted(group, last), False
             try:
                 wrote = self._carry_out(group, decision)
             except PublishedByAnother:
-                return set(), False
+                return drifted | self._drifted(group, last), False
             if wrote is None:
                 group = self.store.read_group(name)
                 continue  # another worker published other records first: evaluate again
@@ -545,7 +547,8 @@ class Pipeline:
             statuses = decision.statuses
             if mine is not None and not wrote:
                 statuses = {k: v for k, v in statuses.items() if k in mine and mine[k] != v}
-            drifted, written = self._write_statuses(group, statuses, last)
+            moved, written = self._write_statuses(group, statuses, last)
+            drifted |= moved
             if not (wrote or written):
                 return drifted, not drifted
             mine = (mine or {}) | {key: statuses[key] for key in written}
@@ -555,6 +558,17 @@ class Pipeline:
             group = after
             logger.info("group changed while it was evaluated", extra={"omi": name})
         raise StillChanging(f"OMI {name} changed on every one of {ROUNDS} listings")
+
+    def _drifted(self, group: Group, key: str | None) -> set[str]:
+        """``{key}`` when its user tags, read now, no longer match its record: an evaluation
+        that leaves the statuses to another worker still tells its caller (a tagging event
+        may have left the work to it, see ``_inspection_under_way``)."""
+        recorded = self._recorded_tags(group).get(key) if key is not None else None
+        if key is None or recorded is None:
+            return set()
+        tags = self.store.tags(key)
+        moved = tags is not None and tags_hash(convention.user_tags(tags)) != recorded
+        return {key} if moved else set()
 
     def _settle_duplicates(self, group: Group) -> None:
         """Two records of one snapshot (a replacement or retag under way, or one written

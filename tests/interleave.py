@@ -285,6 +285,27 @@ def paused_run(
     return reached
 
 
+def twice_paused_run(
+    first: Callable[[], object],
+    hooks: Instrument,
+    stops: list[tuple[Pause, Callable[[], object]]],
+) -> None:
+    """Run ``first``, and at each pause point in turn run its ``meanwhile`` to its end
+    before letting ``first`` go on; every point must be reached."""
+    worker = Background(first, "paused-worker")
+    try:
+        for point, meanwhile in stops:
+            if not point.wait(worker):
+                raise Stuck(f"{worker.thread.name} finished before a pause point")
+            meanwhile()
+            point.release()
+    finally:
+        for point, _ in stops:
+            point.release()
+            hooks.pauses.remove(point)
+    worker.join()
+
+
 # --- at the embedded server ----------------------------------------------------------
 
 

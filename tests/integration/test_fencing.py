@@ -20,7 +20,14 @@ from botocore.awsrequest import AWSResponse
 
 from chalicelib import overview
 from tests.integration.test_interleavings import Scene, published, waiting
-from tests.interleave import Killed, Worker, is_manifest_write, on, paused_run
+from tests.interleave import (
+    Killed,
+    Worker,
+    is_manifest_write,
+    on,
+    paused_run,
+    twice_paused_run,
+)
 
 MOST_CALLS = 300  # more S3 calls than any one invocation makes: a runaway loop
 
@@ -218,6 +225,47 @@ def test_a_worker_that_dies_after_writing_a_stale_status_leaves_none(scene, samp
     retry.deliver(keys[1])  # the platform delivers the event again
     retry.deliver_echoes(victim, other, setup)
     assert scene.statuses(*keys) == dict.fromkeys(keys, published("app"))
+
+
+@pytest.mark.parametrize("then", ["another worker publishes", "another disk arrives"])
+def test_a_tag_change_left_to_the_upload_under_way_is_not_lost(scene, samples, then):
+    """The user moves sda to OMI `other` while its upload's event (L) inspects it; the
+    tagging event leaves the work to L (the content is read once). Then, before L writes
+    the manifest, another worker publishes the same records (L loses the race and leaves
+    the statuses to it), or, after L's first status write, a third disk arrives (L goes
+    round). Either way L must still see that sda moved and process it again."""
+    sda, sdb, sdc = "app/sda.qcow2", "app/sdb.qcow2", "app/sdc.qcow2"
+    count = "2" if then == "another worker publishes" else "3"
+    setup = scene.worker()
+    scene.put(sdb, samples["qcow2"], {"omi:snapshots": count})
+    setup.deliver(sdb)
+    scene.put(sda, samples["qcow2"], {"omi:snapshots": count})
+    upload, tagging, other = scene.worker(), scene.worker(), scene.worker()
+
+    def retag() -> None:
+        scene.retag(sda, {"omi:name": "other"})
+        tagging.deliver(sda, "ObjectTagging:Put")  # left to the upload's event
+
+    if then == "another worker publishes":
+        second = (
+            upload.hooks.pause(is_manifest_write),
+            lambda: other.deliver(sdb, "ObjectTagging:Put"),
+        )
+    else:
+
+        def third_disk() -> None:
+            scene.put(sdc, samples["qcow2"], {"omi:snapshots": count})
+            other.deliver(sdc)
+
+        second = (upload.hooks.pause(on("PutObjectTagging", sdb), after=True), third_disk)
+    twice_paused_run(
+        lambda: upload.deliver(sda),
+        upload.hooks,
+        [(upload.hooks.pause(on("GetObject", sda)), retag), second],
+    )
+    upload.deliver_echoes(tagging, other, setup)
+    assert scene.listed_in(sda) == ["manifests/other.json"]
+    assert scene.status(sda) == published("other")
 
 
 def test_status_does_not_say_published_once_the_manifest_is_deleted_by_hand(scene, samples):
