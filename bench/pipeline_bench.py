@@ -111,6 +111,10 @@ def main() -> None:
                 ),
                 ("20 OMIs x 6 snapshots", run_scenario(server, "bench-c", 20, 6, image, True)),
                 (
+                    "20 OMIs x 6, 4 workers",
+                    run_scenario(server, "bench-x", 20, 6, image, True, workers=4),
+                ),
+                (
                     "20 x 3 into a bucket of 60 more",
                     run_scenario(server, "bench-b", 20, 3, image, False),
                 ),
@@ -118,15 +122,17 @@ def main() -> None:
         finally:
             server.stop()
     print("\n== S3 requests made by the pipeline, counted at the server")
+    print("('bound': issue 15's ceiling per snapshot, n + 12 + 1/n for n-snapshot OMIs)")
     print(
         f"{'scenario':34} {'snapshots':>9} {'events':>7} {'requests':>9} "
-        f"{'per snapshot':>13} {'per OMI':>8} {'seconds':>8}"
+        f"{'per snapshot':>13} {'bound':>6} {'per OMI':>8} {'seconds':>8}"
     )
     for label, row in rows:
+        per_omi = row["snapshots"] // row["omis"]
         print(
             f"{label:34} {row['snapshots']:>9} {row['events']:>7} {row['requests']:>9} "
-            f"{row['requests'] / row['snapshots']:>13.1f} {row['requests'] / row['omis']:>8.1f} "
-            f"{row['seconds']:>8.2f}"
+            f"{row['requests'] / row['snapshots']:>13.1f} {per_omi + 12 + 1 / per_omi:>6.1f} "
+            f"{row['requests'] / row['omis']:>8.1f} {row['seconds']:>8.2f}"
         )
     print("\noperations for 20 OMIs x 3 snapshots, per snapshot:")
     for operation, n in sorted(rows[1][1]["operations"].items()):
