@@ -190,6 +190,7 @@ class Pipeline:
     clock: Clock = utc_now
     time_left: Callable[[], float] = _forever  # seconds this invocation has left
     own_principal: str = ""  # who the pipeline is in S3 events (userIdentity.principalId)
+    find_principal: Callable[[], str] | None = None  # asked once, at the first echo to tell
     known: OrderedDict[tuple[str, str], Member] = field(default_factory=OrderedDict)
     written: OrderedDict[str, str] = field(default_factory=OrderedDict)  # key: tags digest
     outscale: outscale.OutscaleApi | None = None  # made from the settings on first use
@@ -230,6 +231,9 @@ class Pipeline:
         """A tagging event caused by the pipeline's own status write changes nothing.
         Where S3 names the writer, that costs no request; elsewhere, one read shows
         whether the tags are still exactly those this process wrote last."""
+        if change.principal and not self.own_principal and self.find_principal is not None:
+            find, self.find_principal = self.find_principal, None
+            self.own_principal = find()
         if change.principal and self.own_principal:
             return change.principal == self.own_principal
         wrote = self.written.get(change.key)

@@ -51,15 +51,19 @@ def s3_client(
     )
 
 
-def own_principal(env: dict[str, str] | None = None) -> str:
-    """Who this process is in S3 events (``userIdentity.principalId``), so that the echoes
-    of its own tag writes cost nothing: ``OMI_OWN_PRINCIPAL`` when set (a local run knows
-    its key), on Lambda the role session STS names (``AWS:<role id>:<function>``);
-    "" where it cannot be told, and echoes are then recognised by one read."""
-    env = dict(os.environ) if env is None else env
-    if env.get("OMI_OWN_PRINCIPAL"):
-        return env["OMI_OWN_PRINCIPAL"]
-    if not env.get("AWS_LAMBDA_FUNCTION_NAME"):
+def configured_principal() -> str:
+    """Who this process is in S3 events (``userIdentity.principalId``) when it is told
+    (``OMI_OWN_PRINCIPAL``: a local run knows its key), so that the echoes of its own
+    tag writes cost nothing; "" otherwise."""
+    return os.environ.get("OMI_OWN_PRINCIPAL", "")
+
+
+def principal_from_sts() -> str:
+    """On Lambda, the role session STS names (``AWS:<role id>:<function>``); "" elsewhere
+    or when STS cannot tell, and echoes are then recognised by one read. Asked at the
+    first tagging event that names a writer, so an invocation that sees none (the
+    scheduled ones, uploads) makes no STS call."""
+    if not os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
         return ""
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
@@ -113,4 +117,5 @@ def build_pipeline(
 
 @cache
 def pipeline() -> Pipeline:
-    return replace(build_pipeline(config.load()), own_principal=own_principal())
+    built = build_pipeline(config.load())
+    return replace(built, own_principal=configured_principal(), find_principal=principal_from_sts)
