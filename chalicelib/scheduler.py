@@ -22,10 +22,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
 
-from . import convention
+from . import convention, importing
 from .notifications import ObjectChange
 from .observability import count, logger
-from .pipeline import Pipeline, Postponed
+from .pipeline import Facts, Pipeline, Postponed
 from .store import (
     Filed,
     Group,
@@ -207,10 +207,19 @@ class Pass:
             self.pipeline.refresh(key)
             return "reconciled"
         expected = convention.status_published(self.pipeline.manifest_key(marker.group))
-        if tags.get(convention.STATUS) != expected:
+        status = tags.get(convention.STATUS)
+        if status != expected and not self._follows_import(status, facts):
             self.pipeline.evaluate(marker.group, last=key)
             return "reconciled"
         return "checked"
+
+    def _follows_import(self, status: str | None, facts: Facts) -> bool:
+        """A member of a published OMI that is imported says how the import goes; those
+        statuses are kept current by ``follow_imports``, not by the pass."""
+        assert facts.settings is not None
+        if not importing.wanted(self.settings.import_images, facts.settings.image):
+            return False
+        return status is not None and importing.is_import_status(status)
 
     # --- OMIs ------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from chalicelib import importing
 from chalicelib.config import Settings
 from chalicelib.notifications import ObjectChange
 from chalicelib.pipeline import IMPORT_LEASE
+from chalicelib.scheduler import Pass
 from tests.harness import BUCKET, REGION, Harness, create_bucket
 
 PUBLIC = "https://oos.eu-west-2.outscale.com"
@@ -76,6 +77,9 @@ def test_published_imported_followed_to_available(omi, samples, fake_outscale, c
     before = calls(fake_outscale)
     assert omi.writes_during(omi.pipeline.follow_imports) == []
     assert calls(fake_outscale) == before
+    # A pass reading every tag takes the import's status as current: it evaluates nothing.
+    report = Pass(omi.pipeline, 48 * 3600, check_tags=True).run()
+    assert report.outcomes["checked"] == 1 and report.outcomes["reconciled"] == 0, report
 
 
 def test_the_fast_path_after_an_import_stays_cheap(omi, samples, fake_outscale):
