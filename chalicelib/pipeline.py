@@ -256,6 +256,16 @@ class Pipeline:
             return Facts(key, None, {}, None)
         return self.facts_from(info, tags)
 
+    def _as_stored(self, facts: Facts) -> Facts:
+        """The object as the store has it now: an event delivered again carries the ETag
+        of the upload it was for, which a later upload may have replaced. Checked for an
+        object seen before (announced somewhere); a first upload's reads are pinned to
+        the event's ETag anyway."""
+        info = self.store.head(facts.key)
+        return (
+            Facts(facts.key, None, {}, None) if info is None else self.facts_from(info, facts.tags)
+        )
+
     def facts_from(self, info: ObjectInfo, tags: dict[str, str]) -> Facts:
         reserved = self.settings.reserved_prefixes
         if not convention.is_candidate(info.key, tags, reserved):
@@ -269,8 +279,11 @@ class Pipeline:
         first checks the outcome (``settled``) and does only what is missing."""
         facts = self.facts(key, hint)
         tags_only = hint is not None and hint.tags_only
+        from_event = hint is not None and bool(hint.etag) and hint.size is not None
         for _ in range(ROUNDS):
             filed = self.store.filed_in(key)
+            if from_event and filed.filings:
+                facts, from_event = self._as_stored(facts), False
             if self.settled(facts, filed):
                 logger.debug("unchanged", extra={"key": key})
                 return
@@ -348,13 +361,16 @@ class Pipeline:
             if record.state_key != own:
                 self.store.delete_record(record.state_key)
                 cleared.add(record.group)
+        for filing in filed.filings:
+            if filing.group != target and not filing.left:
+                self.store.mark_left(facts.key, filing)
         moved = False
         for group in sorted((filed.groups | cleared) - {target}):
             moved |= facts.key in self.evaluate(group)
         if target is not None:
             moved |= facts.key in self.evaluate(target, last=facts.key)
         elif facts.info is not None:
-            self._clear_status(facts)
+            moved |= self._clear_status(facts)
         if target is None and cleared:
             logger.info("snapshot removed", extra={"key": facts.key})
         return moved
@@ -369,16 +385,26 @@ class Pipeline:
         young = self.clock() - ANNOUNCEMENT_GRACE
         return any(f.etag == facts.etag and f.written > young for f in filed.filings)
 
-    def _clear_status(self, facts: Facts) -> None:
-        """An object that stopped being a snapshot keeps no status of ours."""
+    def _clear_status(self, facts: Facts) -> bool:
+        """An object that stopped being a snapshot keeps no status of ours, unless its
+        tags moved meanwhile (it may be one again): then it is processed again (True)."""
         if convention.STATUS not in facts.tags:
-            return
-        outcome, _ = self.store.set_tag(facts.key, convention.STATUS, None)
+            return False
+        user_tags = convention.user_tags(facts.tags)
+
+        def unchanged(tags: dict[str, str]) -> bool:
+            return convention.user_tags(tags) == user_tags
+
+        outcome, before = self.store.set_tag(facts.key, convention.STATUS, None, unchanged)
         if outcome == "written":
+            self._wrote(
+                facts.key, {k: v for k, v in (before or {}).items() if k != convention.STATUS}
+            )
             logger.info(
                 "status removed",
                 extra={"key": facts.key, "change": f"{facts.key}: no longer a snapshot"},
             )
+        return outcome == "moved"
 
     def _member(self, facts: Facts, records: list[Marker]) -> Member:
         """The member record for these facts; inspection is reused from a record of the
@@ -598,8 +624,8 @@ class Pipeline:
         plan = plan_group(group.name, members, self.settings.defaults)  # type: ignore[arg-type]
         digest = membership_digest(markers)
         if plan.image is None or not group.name:
-            action = "withdraw" if group.publications else "keep"
-            return Decision(plan.statuses, action, digest=digest)
+            there = bool(group.publications) or self._manifest_there(group)
+            return Decision(plan.statuses, "withdraw" if there else "keep", digest=digest)
         target = self.manifest_key(group.name)
         published = convention.status_published(target)
         statuses = {s.key: published for s in plan.image.snapshots}
@@ -617,6 +643,13 @@ class Pipeline:
             if not self._imported(tags, image_name, statuses):
                 action, signed = "import", _signed_at(tags)
         return Decision(statuses, action, plan.image, head, digest, imports, image_name, signed)
+
+    def _manifest_there(self, group: Group) -> bool:
+        """Whether a manifest is there though no hint says so: a withdrawal can delete a
+        publisher's hint after the publisher wrote it and before its manifest lands."""
+        return (
+            bool(group.name) and self.store.manifest_head(self.manifest_key(group.name)) is not None
+        )
 
     def _fence_head(self, group: Group) -> ManifestHead | None:
         """The manifest as it is, read only where a hint says one may exist."""

@@ -48,6 +48,7 @@ LAST_CHARACTER = "\U0010ffff"  # sorts after any character a key can hold next
 PUBLISHED = "~published"
 UNNAMED = "~"  # the group segment of snapshots that have no OMI name (a file at the root)
 GROUP_ENTRY = "group="
+LEFT = "~left"  # ends an announcement's ETag once the snapshot left that group (see Filing)
 EXPIRES_FORMAT = "%Y%m%dT%H%M%SZ"
 DIGEST_METADATA = "omi-digest"  # S3 user metadata of a manifest: x-amz-meta-omi-digest
 EXPIRES_METADATA = "omi-expires"
@@ -364,6 +365,14 @@ class Store:
     def unfile(self, hashed: str, filing: Filing) -> None:
         self._delete(f"{self._object_prefix(hashed)}{_filing_leaf(filing.group, filing.etag)}")
 
+    def mark_left(self, key: str, filing: Filing) -> None:
+        """Say that the snapshot left ``filing``'s group: the marked announcement first,
+        so that one always points there, then the plain one."""
+        self._put(
+            f"{self._object_prefix(key_hash(key))}{_filing_leaf(filing.group, filing.etag + LEFT)}"
+        )
+        self.unfile(key_hash(key), filing)
+
     # --- state: one OMI ------------------------------------------------------------
 
     def group_prefix(self, name: str) -> str:
@@ -549,6 +558,12 @@ class Filing:
     group: str
     etag: str
     written: datetime
+
+    @property
+    def left(self) -> bool:
+        """The snapshot left the group since: the announcement stays (a worker with stale
+        facts may still write a record there), but announces no content being recorded."""
+        return self.etag.endswith(LEFT)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ import pytest
 from botocore.awsrequest import AWSResponse
 
 from chalicelib import overview
-from tests.integration.test_interleavings import Scene, published, waiting
+from chalicelib.notifications import ObjectChange
+from tests.integration.test_interleavings import Scene, is_write_to, published, waiting
 from tests.interleave import (
     Killed,
     Worker,
@@ -278,6 +279,167 @@ def test_status_does_not_say_published_once_the_manifest_is_deleted_by_hand(scen
     scene.delete("manifests/gzq.json")
     (after,) = overview.omi_statuses(worker.pipeline, "gzq")
     assert after.state == "pending" and after.manifest is None
+
+
+# --- found by a second independent review ----------------------------------------------
+
+
+ME = "AWS:AROAPIPELINE:omi-manifest"  # the pipeline as S3 names it on Lambda
+
+
+def test_withdrawal_between_a_first_publication_hint_and_its_manifest(scene, samples):
+    """C (sdb's upload) completes `app` and is held before its first manifest PutObject
+    (hint written, If-None-Match). Meanwhile sdb is deleted and D processes it: D lists
+    {sda} + C's hint, withdraws (deletes no manifest, deletes C's hint). C resumes: its
+    If-None-Match write succeeds; its re-list shows sda alone and no hint: 'keep'."""
+    sda, sdb = "app/sda1.qcow2", "app/sdb.qcow2"
+    setup = scene.worker()
+    scene.put(sda, samples["qcow2"], {"omi:snapshots": "2"})
+    setup.deliver(sda)
+    scene.put(sdb, samples["qcow2"], {"omi:snapshots": "2"})
+    c, d = scene.worker(), scene.worker()
+
+    def meanwhile() -> None:
+        scene.delete(sdb)
+        d.deliver(sdb, "ObjectRemoved:Delete")
+
+    assert paused_run(lambda: c.deliver(sdb), c.hooks, is_manifest_write, 1, meanwhile)
+    c.deliver_echoes(d, setup)
+    assert scene.status(sda) == waiting(1, 2, "app")
+    assert scene.manifests() == [], "a manifest of a deleted disk, with no hint, stays"
+
+
+def test_a_publisher_that_dies_after_writing_a_manifest_whose_hint_was_withdrawn_leaves_none(scene, samples):
+    sda, sdb = "app/sda1.qcow2", "app/sdb.qcow2"
+    setup = scene.worker()
+    scene.put(sda, samples["qcow2"], {"omi:snapshots": "2"})
+    setup.deliver(sda)
+    scene.put(sdb, samples["qcow2"], {"omi:snapshots": "2"})
+    c, d = scene.worker(), scene.worker()
+
+    def meanwhile() -> None:
+        scene.delete(sdb)
+        d.deliver(sdb, "ObjectRemoved:Delete")
+        c.hooks.kill_at = len(c.hooks.calls) + 2  # dies right after the held write
+
+    with contextlib.suppress(Killed):
+        paused_run(lambda: c.deliver(sdb), c.hooks, is_manifest_write, 1, meanwhile)
+    retry = scene.worker()
+    retry.deliver(sdb)  # redelivered: sdb is gone now
+    retry.deliver_echoes(c, d, setup)
+    assert scene.manifests() == [], "orphan manifest survives the retry"
+
+
+def test_clearing_the_status_of_a_former_candidate_erases_a_newer_status(scene, samples):
+    """web/disk.bin is a candidate by its omi:name tag only. The user removes omi:name
+    (A handles the tagging event); while A evaluates the old group, the user uploads new
+    content with omi:name=web again (B handles it: records, publishes, writes the status).
+    A's _clear_status then removes that status with no check; on Lambda its echo is
+    dropped by the principal comparison, so nothing puts it back."""
+    key = "web/disk.bin"
+    setup = scene.worker()
+    scene.put(key, samples["raw"], {"omi:name": "web"})
+    setup.deliver(key)
+    setup.deliver_echoes()
+    assert scene.status(key) == published("web")
+    a, b = scene.worker(), scene.worker()
+    for w in (a, b):
+        w.pipeline.own_principal = ME
+    scene.retag(key, {"omi:status": published("web")})  # omi:name removed, status kept
+
+    def meanwhile() -> None:
+        scene.put(key, samples["qcow2"], {"omi:name": "web"})
+        b.deliver(key)
+        assert scene.status(key) == published("web")
+
+    held = on("GetObjectTagging", key)  # A's 2nd read of the key: in _clear_status
+    assert paused_run(lambda: a.deliver(key, "ObjectTagging:Put"), a.hooks, held, 2, meanwhile)
+    for worker in (a, b):
+        for echo_key, event in worker.hooks.take_echoes():
+            b.pipeline.handle([ObjectChange(scene.bucket, echo_key, event, principal=ME)])
+    assert scene.manifests() == ["manifests/web.json"]
+    assert scene.status(key) == published("web"), scene.tags(key)
+
+
+def test_a_candidate_tagged_again_within_the_hour_is_processed(scene, samples):
+    """One at a time, nothing concurrent: web/disk.bin (a candidate by omi:name only)
+    is published, stops being a candidate, and is tagged again. The last tagging event
+    finds the first upload's announcement (young, same ETag) and no record of that ETag:
+    _inspection_under_way leaves the work to an inspection that does not exist."""
+    key = "web/disk.bin"
+    worker = scene.worker()
+    scene.put(key, samples["raw"], {"omi:name": "web"})
+    worker.deliver(key)
+    worker.deliver_echoes()
+    assert scene.status(key) == published("web")
+    scene.retag(key, {"owner": "team-blue"})  # omi:name removed, as a console does
+    worker.deliver(key, "ObjectTagging:Put")
+    worker.deliver_echoes()
+    assert scene.manifests() == [] and scene.tags(key) == {"owner": "team-blue"}
+    scene.retag(key, {"owner": "team-blue", "omi:name": "web"})
+    worker.deliver(key, "ObjectTagging:Put")
+    worker.deliver_echoes()
+    assert scene.manifests() == ["manifests/web.json"]
+    assert scene.status(key) == published("web")
+
+
+def test_identical_bytes_uploaded_again_then_tagged(scene, samples):
+    """Upload-then-tag (the spec's common case) of bytes identical to a file deleted
+    less than an hour ago."""
+    key = "web/disk.bin"
+    worker = scene.worker()
+    scene.put(key, samples["raw"], {"omi:name": "web"})
+    worker.deliver(key)
+    worker.deliver_echoes()
+    scene.delete(key)
+    worker.deliver(key, "ObjectRemoved:Delete")
+    worker.deliver_echoes()
+    scene.put(key, samples["raw"])  # no tags yet: not a candidate
+    worker.deliver(key)
+    scene.retag(key, {"omi:name": "web"})
+    worker.deliver(key, "ObjectTagging:Put")
+    worker.deliver_echoes()
+    assert scene.manifests() == ["manifests/web.json"]
+    assert scene.status(key) == published("web")
+
+
+def created(scene, key: str) -> ObjectChange:
+    """The ObjectCreated event S3 sends for the object as it is now: with its ETag and size."""
+    head = scene.s3.head_object(Bucket=scene.bucket, Key=key)
+    etag = head["ETag"].strip('"')
+    return ObjectChange(scene.bucket, key, "ObjectCreated:Put", etag, head["ContentLength"])
+
+
+def test_a_redelivered_upload_event_carries_the_old_etag(scene, samples):
+    """V handles sda1's upload (v1) and is held before writing its record; the user
+    replaces sda1 (v2, same tags) and R handles that fully (v2 published). V writes its
+    v1 record and dies. Lambda redelivers V's event, which carries v1's ETag and size:
+    facts() trusts them, the v1 record is 'own', the v2 record is deleted as stale, and
+    v1 (1 GiB) is published again. The harness misses this: Worker.deliver sends events
+    without an ETag, so facts() HEADs."""
+    key = "app/sda1.qcow2"
+    scene.put(key, samples["qcow2"])
+    first = created(scene, key)
+    victim, other = scene.worker(), scene.worker()
+
+    def meanwhile() -> None:
+        scene.put(key, samples["qcow2-2g"])
+        other.pipeline.handle([created(scene, key)])
+        assert scene.manifest("app")["Image"]["Snapshots"][0]["Size"] == 2 << 30
+        victim.hooks.kill_at = len(victim.hooks.calls) + 2  # dies after the held write
+
+    with contextlib.suppress(Killed):
+        paused_run(
+            lambda: victim.pipeline.handle([first]),
+            victim.hooks,
+            is_write_to(".omi-state/groups/"),
+            1,
+            meanwhile,
+        )
+    retry = scene.worker()
+    retry.pipeline.handle([first])  # the same event, delivered again
+    retry.deliver_echoes(victim, other)
+    assert scene.manifest("app")["Image"]["Snapshots"][0]["Size"] == 2 << 30
 
 
 # --- the crash harness -------------------------------------------------------------------
