@@ -624,7 +624,7 @@ class Pipeline:
         plan = plan_group(group.name, members, self.settings.defaults)  # type: ignore[arg-type]
         digest = membership_digest(markers)
         if plan.image is None or not group.name:
-            there = bool(group.publications) or self._manifest_there(group)
+            there = bool(group.publications) or self._manifest_head(group) is not None
             return Decision(plan.statuses, "withdraw" if there else "keep", digest=digest)
         target = self.manifest_key(group.name)
         published = convention.status_published(target)
@@ -632,7 +632,7 @@ class Pipeline:
         values = {k: v for m in members for k, v in m.settings.image.items()}  # type: ignore[union-attr]
         imports = importing.wanted(self.settings.import_images, values)
         image_name = importing.image_name_of(group.name, values)
-        head = self._fence_head(group)
+        head = self._manifest_head(group)
         if resign or head is None or head.digest != digest:
             return Decision(statuses, "publish", plan.image, head, digest, imports, image_name)
         hints = [p for p in group.publications if p.digest == digest]
@@ -644,16 +644,11 @@ class Pipeline:
                 action, signed = "import", _signed_at(tags)
         return Decision(statuses, action, plan.image, head, digest, imports, image_name, signed)
 
-    def _manifest_there(self, group: Group) -> bool:
-        """Whether a manifest is there though no hint says so: a withdrawal can delete a
-        publisher's hint after the publisher wrote it and before its manifest lands."""
-        return (
-            bool(group.name) and self.store.manifest_head(self.manifest_key(group.name)) is not None
-        )
-
-    def _fence_head(self, group: Group) -> ManifestHead | None:
-        """The manifest as it is, read only where a hint says one may exist."""
-        if not group.publications:
+    def _manifest_head(self, group: Group) -> ManifestHead | None:
+        """The manifest as it is, whatever the hints say: a withdrawal can delete a
+        publisher's hint after the publisher wrote it and before its manifest lands, and
+        a tidy can delete a renewal's new hint the same way."""
+        if not group.name:
             return None
         return self.store.manifest_head(self.manifest_key(group.name))
 

@@ -309,7 +309,9 @@ def test_withdrawal_between_a_first_publication_hint_and_its_manifest(scene, sam
     assert scene.manifests() == [], "a manifest of a deleted disk, with no hint, stays"
 
 
-def test_a_publisher_that_dies_after_writing_a_manifest_whose_hint_was_withdrawn_leaves_none(scene, samples):
+def test_a_publisher_that_dies_after_writing_a_manifest_whose_hint_was_withdrawn_leaves_none(
+    scene, samples
+):
     sda, sdb = "app/sda1.qcow2", "app/sdb.qcow2"
     setup = scene.worker()
     scene.put(sda, samples["qcow2"], {"omi:snapshots": "2"})
@@ -440,6 +442,33 @@ def test_a_redelivered_upload_event_carries_the_old_etag(scene, samples):
     retry.pipeline.handle([first])  # the same event, delivered again
     retry.deliver_echoes(victim, other)
     assert scene.manifest("app")["Image"]["Snapshots"][0]["Size"] == 2 << 30
+
+
+def test_a_current_manifest_whose_hint_went_missing_gets_it_back_unchanged(scene, samples):
+    """A tidy that listed the old hint can delete a renewal's new one after the renewal
+    wrote it and before its manifest landed (the renewal then drops the old one): the
+    manifest is current, and no hint says so. The next evaluation writes the hint
+    again; it neither republishes nor loops on conditional writes it cannot win."""
+    key = "one/sda1.qcow2"
+    worker = scene.worker()
+    scene.put(key, samples["qcow2"])
+    worker.deliver(key)
+    before = scene.s3.head_object(Bucket=scene.bucket, Key="manifests/one.json")["ETag"]
+    prefix = ".omi-state/groups/one/"
+    (hint,) = [
+        item["Key"]
+        for item in scene.s3.list_objects_v2(Bucket=scene.bucket, Prefix=prefix)["Contents"]
+        if "/~published@" in item["Key"]
+    ]
+    scene.s3.delete_object(Bucket=scene.bucket, Key=hint)
+    again = scene.worker()
+    again.deliver(key)  # a duplicate event
+    listed = scene.s3.list_objects_v2(Bucket=scene.bucket, Prefix=prefix)["Contents"]
+    assert [item["Key"] for item in listed if "/~published@" in item["Key"]] == [hint]
+    after = scene.s3.head_object(Bucket=scene.bucket, Key="manifests/one.json")["ETag"]
+    assert after == before
+    assert again.hooks.count(is_manifest_write) == 0
+    assert scene.status(key) == published("one")
 
 
 # --- the crash harness -------------------------------------------------------------------
