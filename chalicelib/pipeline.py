@@ -370,7 +370,7 @@ class Pipeline:
         if target is not None:
             moved |= facts.key in self.evaluate(target, last=facts.key)
         elif facts.info is not None:
-            moved |= self._clear_status(facts)
+            moved |= self._clear_status(facts, left=bool(filed.filings))
         if target is None and cleared:
             logger.info("snapshot removed", extra={"key": facts.key})
         return moved
@@ -385,15 +385,19 @@ class Pipeline:
         young = self.clock() - ANNOUNCEMENT_GRACE
         return any(f.etag == facts.etag and f.written > young for f in filed.filings)
 
-    def _clear_status(self, facts: Facts) -> bool:
+    def _clear_status(self, facts: Facts, left: bool) -> bool:
         """An object that stopped being a snapshot keeps no status of ours, unless its
-        tags moved meanwhile (it may be one again): then it is processed again (True)."""
-        if convention.STATUS not in facts.tags:
-            return False
+        tags moved meanwhile (it may be one again): then it is processed again (True).
+        One that ``left`` a group has its tags read even with no status to remove: a
+        tagging event may have left its work to an upload whose record this removed."""
         user_tags = convention.user_tags(facts.tags)
 
         def unchanged(tags: dict[str, str]) -> bool:
             return convention.user_tags(tags) == user_tags
+
+        if convention.STATUS not in facts.tags:
+            tags = self.store.tags(facts.key) if left else None
+            return tags is not None and not unchanged(tags)
 
         outcome, before = self.store.set_tag(facts.key, convention.STATUS, None, unchanged)
         if outcome == "written":
@@ -515,7 +519,9 @@ class Pipeline:
         invocation can still be about to write one there."""
         old = self.clock() - ANNOUNCEMENT_GRACE
         recorded = {(record.group, record.etag) for record in records}
-        return [f for f in filed.filings if f.written < old and (f.group, f.etag) not in recorded]
+        return [
+            f for f in filed.filings if f.written < old and (f.group, f.content) not in recorded
+        ]
 
     def prune(self, hashed: str, filed: Filed, records: list[Marker]) -> None:
         for filing in self.stale_filings(filed, records):

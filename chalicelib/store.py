@@ -565,6 +565,11 @@ class Filing:
         facts may still write a record there), but announces no content being recorded."""
         return self.etag.endswith(LEFT)
 
+    @property
+    def content(self) -> str:
+        """The ETag of the content announced, left or not."""
+        return self.etag.removesuffix(LEFT)
+
 
 @dataclass(frozen=True)
 class Filed:

@@ -22,6 +22,7 @@ from chalicelib import overview
 from chalicelib.notifications import ObjectChange
 from tests.integration.test_interleavings import Scene, is_write_to, published, waiting
 from tests.interleave import (
+    Background,
     Killed,
     Worker,
     is_manifest_write,
@@ -472,6 +473,42 @@ def test_a_current_manifest_whose_hint_went_missing_gets_it_back_unchanged(scene
     assert after == before
     assert again.hooks.count(is_manifest_write) == 0
     assert scene.status(key) == published("one")
+
+
+def test_tag_change_left_to_an_upload_whose_record_a_stale_worker_deleted(scene, samples):
+    """U uploads web/disk.bin (omi:name=web, t1) and is held before its record write.
+    User removes omi:name (t2): S reads t2 and is held. User sets omi:name=web again (t3):
+    T's tagging event finds U's young announcement, no record: left to U. U writes its
+    record A(t1); S resumes, deletes it, marks the announcement ~left, has no status to
+    clear (_clear_status returns False without reading tags). U evaluates 'web': empty,
+    writes no status of the key, sees no drift. Nobody processes t3."""
+    key = "web/disk.bin"
+    scene.put(key, samples["raw"], {"omi:name": "web"})
+    u, s, t = scene.worker(), scene.worker(), scene.worker()
+    held_s = s.hooks.pause(on("GetObjectTagging", key), 1, after=True)
+    box = {}
+
+    def m1() -> None:
+        scene.retag(key, {"owner": "x"})
+        box["s"] = Background(lambda: s.deliver(key, "ObjectTagging:Put"), "stale")
+        assert held_s.wait(box["s"])
+        scene.retag(key, {"owner": "x", "omi:name": "web"})
+        t.deliver(key, "ObjectTagging:Put")  # left to U
+
+    def m2() -> None:
+        held_s.release()
+        box["s"].join()
+
+    twice_paused_run(
+        lambda: u.deliver(key),
+        u.hooks,
+        [
+            (u.hooks.pause(is_write_to(".omi-state/groups/")), m1),
+            (u.hooks.pause(is_write_to(".omi-state/groups/"), after=True), m2),
+        ],
+    )
+    u.deliver_echoes(s, t)
+    assert scene.status(key) == published("web"), scene.tags(key)
 
 
 # --- the crash harness -------------------------------------------------------------------
