@@ -249,22 +249,17 @@ class Pipeline:
         if tags is None:
             return Facts(key, None, {}, None)
         if hint is not None and hint.etag and hint.size is not None:
-            info: ObjectInfo | None = ObjectInfo(key, hint.etag, hint.size)
-        else:
-            info = self.store.head(key)
-        if info is None:
-            return Facts(key, None, {}, None)
-        return self.facts_from(info, tags)
+            return self.facts_from(ObjectInfo(key, hint.etag, hint.size), tags)
+        return self._as_stored(key, tags)
 
-    def _as_stored(self, facts: Facts) -> Facts:
-        """The object as the store has it now: an event delivered again carries the ETag
-        of the upload it was for, which a later upload may have replaced. Checked for an
-        object seen before (announced somewhere); a first upload's reads are pinned to
-        the event's ETag anyway."""
-        info = self.store.head(facts.key)
-        return (
-            Facts(facts.key, None, {}, None) if info is None else self.facts_from(info, facts.tags)
-        )
+    def _as_stored(self, key: str, tags: dict[str, str]) -> Facts:
+        """The object as the store has it now (one HEAD), with the tags just read. Also
+        what an event's ETag gives way to for an object seen before (announced
+        somewhere): an event delivered again carries the ETag of the upload it was for,
+        which a later upload may have replaced; a first upload's reads are pinned to the
+        event's ETag anyway."""
+        info = self.store.head(key)
+        return Facts(key, None, {}, None) if info is None else self.facts_from(info, tags)
 
     def facts_from(self, info: ObjectInfo, tags: dict[str, str]) -> Facts:
         reserved = self.settings.reserved_prefixes
@@ -283,7 +278,7 @@ class Pipeline:
         for _ in range(ROUNDS):
             filed = self.store.filed_in(key)
             if from_event and filed.filings:
-                facts, from_event = self._as_stored(facts), False
+                facts, from_event = self._as_stored(key, facts.tags), False
             if self.settled(facts, filed):
                 logger.debug("unchanged", extra={"key": key})
                 return
@@ -331,7 +326,8 @@ class Pipeline:
         every group it touched, its own last. Returns whether the object's tags changed
         meanwhile (it is processed again).
 
-        Announcements are never removed here (the pass prunes old, empty ones): a worker
+        An announcement of a group the object left is replaced by its ``~left`` form
+        (written first), never just removed (the pass prunes old, empty ones): a worker
         with stale facts may still be about to write a record where it announced one,
         and whoever processes the object next must find it there.
         """
@@ -543,7 +539,8 @@ class Pipeline:
         the new listing changes: they may be stale; every other status is its writer's
         to check, as each writer lists again after writing (a writer that dies leaves
         its event to be delivered again, and ``settled`` reads every status). A round
-        that publishes or withdraws writes them all. A worker that loses the race to
+        that writes the manifest or a hint (publish, withdraw, tidy, import) checks
+        them all. A worker that loses the race to
         publish the same records leaves the statuses to the winner.
         """
         with self.turns.of(name) as (covered, cover):
@@ -603,8 +600,7 @@ class Pipeline:
         if key is None or recorded is None:
             return set()
         tags = self.store.tags(key)
-        moved = tags is not None and tags_hash(convention.user_tags(tags)) != recorded
-        return {key} if moved else set()
+        return set() if tags is None or _as_recorded(tags, recorded) else {key}
 
     def _settle_duplicates(self, group: Group) -> None:
         """Two records of one snapshot (a replacement or retag under way, or one written
@@ -620,9 +616,9 @@ class Pipeline:
                     self.store.delete_record(record.state_key)
 
     def decide(self, group: Group, resign: bool = False) -> Decision | None:
-        """The one place statuses and publication are decided, from a group's listing:
-        its records (read only when the listing alone cannot tell) and, when it should
-        be published, the manifest's fence. None: a record went away meanwhile."""
+        """The one place statuses and publication are decided, from a group's listing,
+        its records (each read once per process) and the manifest as it is (one HEAD,
+        whatever the hints say). None: a record went away meanwhile."""
         markers = group.markers
         members = [self.member(marker) for marker in markers]
         if any(member is None for member in members):
@@ -849,7 +845,7 @@ class Pipeline:
             status = statuses[key]
 
             def unchanged(tags: dict[str, str], key: str = key) -> bool:
-                return tags_hash(convention.user_tags(tags)) == recorded.get(key)
+                return _as_recorded(tags, recorded.get(key))
 
             outcome, before = self.store.set_tag(key, convention.STATUS, status, unchanged)
             if outcome == "moved":
@@ -1069,13 +1065,19 @@ def _tags_digest(tags: dict[str, str]) -> str:
     return tags_hash(dict(tags))
 
 
+def _as_recorded(tags: dict[str, str], recorded: str | None) -> bool:
+    """Whether an object's user tags are those its record (``recorded``: their hash) was
+    made from; otherwise its own processing is still to come."""
+    return tags_hash(convention.user_tags(tags)) == recorded
+
+
 def _shows(tags: dict[str, str] | None, status: str | None, recorded: str | None) -> bool:
     """Whether an object shows the status an evaluation would write on it, or would
     not have it written: the object is gone, its user tags moved on from its record (its
     own processing decides), or it has 10 tags already."""
     if tags is None or tags.get(convention.STATUS) == status:
         return True
-    if tags_hash(convention.user_tags(tags)) != recorded:
+    if not _as_recorded(tags, recorded):
         return True
     return convention.STATUS not in tags and len(tags) >= convention.MAX_TAGS
 

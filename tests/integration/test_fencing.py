@@ -288,43 +288,33 @@ def test_status_does_not_say_published_once_the_manifest_is_deleted_by_hand(scen
 ME = "AWS:AROAPIPELINE:omi-manifest"  # the pipeline as S3 names it on Lambda
 
 
-def test_withdrawal_between_a_first_publication_hint_and_its_manifest(scene, samples):
+@pytest.mark.parametrize("publisher", ["lives", "dies after the manifest"])
+def test_withdrawal_between_a_first_publication_hint_and_its_manifest(scene, samples, publisher):
     """C (sdb's upload) completes `app` and is held before its first manifest PutObject
     (hint written, If-None-Match). Meanwhile sdb is deleted and D processes it: D lists
     {sda} + C's hint, withdraws (deletes no manifest, deletes C's hint). C resumes: its
-    If-None-Match write succeeds; its re-list shows sda alone and no hint: 'keep'."""
+    If-None-Match write succeeds; its re-list shows sda alone and no hint. Or C dies
+    right after that write, and its event is delivered again once sdb is gone."""
     sda, sdb = "app/sda1.qcow2", "app/sdb.qcow2"
     setup = scene.worker()
     scene.put(sda, samples["qcow2"], {"omi:snapshots": "2"})
     setup.deliver(sda)
     scene.put(sdb, samples["qcow2"], {"omi:snapshots": "2"})
     c, d = scene.worker(), scene.worker()
+    dies = publisher == "dies after the manifest"
 
     def meanwhile() -> None:
         scene.delete(sdb)
         d.deliver(sdb, "ObjectRemoved:Delete")
+        if dies:
+            c.hooks.kill_at = len(c.hooks.calls) + 2  # right after the held write
 
-    assert paused_run(lambda: c.deliver(sdb), c.hooks, is_manifest_write, 1, meanwhile)
-    c.deliver_echoes(d, setup)
-    assert scene.status(sda) == waiting(1, 2, "app")
-    assert scene.manifests() == [], "a manifest of a deleted disk, with no hint, stays"
-
-
-def test_a_publisher_that_dies_after_writing_a_manifest_whose_hint_was_withdrawn_leaves_none(
-    scene, samples
-):
-    sda, sdb = "app/sda1.qcow2", "app/sdb.qcow2"
-    setup = scene.worker()
-    scene.put(sda, samples["qcow2"], {"omi:snapshots": "2"})
-    setup.deliver(sda)
-    scene.put(sdb, samples["qcow2"], {"omi:snapshots": "2"})
-    c, d = scene.worker(), scene.worker()
-
-    def meanwhile() -> None:
-        scene.delete(sdb)
-        d.deliver(sdb, "ObjectRemoved:Delete")
-        c.hooks.kill_at = len(c.hooks.calls) + 2  # dies right after the held write
-
+    if not dies:
+        assert paused_run(lambda: c.deliver(sdb), c.hooks, is_manifest_write, 1, meanwhile)
+        c.deliver_echoes(d, setup)
+        assert scene.status(sda) == waiting(1, 2, "app")
+        assert scene.manifests() == [], "a manifest of a deleted disk, with no hint, stays"
+        return
     with contextlib.suppress(Killed):
         paused_run(lambda: c.deliver(sdb), c.hooks, is_manifest_write, 1, meanwhile)
     retry = scene.worker()
